@@ -1,0 +1,5 @@
+import sys
+
+from podspool.cli import main
+
+sys.exit(main())

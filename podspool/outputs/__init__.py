@@ -1,0 +1,1 @@
+"""Destinations that the shipper sends spooled events to, one module per output type."""
