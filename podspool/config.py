@@ -104,8 +104,11 @@ class Loader:
 
         context = schema.Context(self.resolver, self.path)
         spool = self._spool(main.get("spool") or {}, context)
-        pipelines = schema.build_pipelines(sections["pipelines"])
-        devices = schema.build_devices(sections["devices"], context, set(pipelines))
+        pipeline_names = schema.pipeline_names(sections["pipelines"])
+        devices = schema.build_devices(sections["devices"], context, pipeline_names)
+        # GeoIP databases must exist only for pipelines that an enabled device uses.
+        used = {name for device in devices if device.status for name in device.pipelines}
+        pipelines = schema.build_pipelines(sections["pipelines"], used)
         outputs = schema.build_outputs(sections["outputs"], context)
         devices = self._decrypt(main, devices)
         return Settings(

@@ -171,16 +171,21 @@ def reject_duplicates(entries, label):
         seen[name] = (file, path)
 
 
-def build_pipelines(entries):
-    """Compile the pipelines of all files; names must be unique."""
+def pipeline_names(entries):
+    """Return the names of the pipelines defined in all files; a name defined twice is an error."""
     reject_duplicates([(name, file, path) for file, path, name, _ in entries], "pipeline")
+    return {name for _, _, name, _ in entries}
+
+
+def build_pipelines(entries, used):
+    """Compile the pipelines of all files; USED names those an enabled device applies."""
     if not entries:
         return {}
     from podspool.pipelines import compile_pipelines
 
     raw = {name: item for _, _, name, item in entries}
     sources = {name: file for file, _, name, _ in entries}
-    return compile_pipelines(raw, sources)
+    return compile_pipelines(raw, sources, used=used)
 
 
 def build_devices(entries, context, pipeline_names):

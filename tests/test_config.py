@@ -265,3 +265,17 @@ def test_cli_check_missing_main_file(tmp_path, capsys):
     status = main(["check", "-c", str(tmp_path / "absent.yaml")])
     assert status == 2
     assert "absent.yaml: file not found" in capsys.readouterr().err
+
+
+def test_config_missing_geoip_database_only_when_used(main_file, tmp_path):
+    write(main_file.parent / "conf.d" / "10-pipelines.yaml", f"""\
+    pipelines:
+      geo:
+        - geoip: {{field: connection.ip, target_field: geo, database_file: {tmp_path}/absent.mmdb}}
+    """)
+    write(main_file.parent / "conf.d" / "20-pod.yaml", device_yaml())
+    assert config.load(str(main_file), environ={}).devices[0].pipelines == ()
+
+    write(main_file.parent / "conf.d" / "20-pod.yaml", device_yaml(extra="pipelines: [geo]"))
+    message = load_error(main_file)
+    assert_names(message, "10-pipelines.yaml", "database_file", "absent.mmdb")
