@@ -1,0 +1,147 @@
+"""The window of recently spooled event keys that makes a replayed duplicate recognisable.
+
+A key is stored as a 16-byte BLAKE2b digest of the dedup key text, together
+with the time that ages it out. That is the event time for keys built from
+`guid` or `id` and `ts`, and the receive time for events keyed by a hash of
+their bytes.
+Keys live in one-minute buckets, so pruning drops whole buckets and never
+scans the window.
+"""
+
+import hashlib
+from datetime import datetime, timezone
+
+from podspool.events import parse_ts
+
+DIGEST_BYTES = 16
+MICROS = 1_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+BUCKET_MICROS = 60 * MICROS
+EVENT_TIME = 0  # the key ages by its event time
+RECEIVE_TIME = 1  # the key ages by the time it was received
+# Bounds the memory of the hour cache; PoD time stamps repeat a few hours and offsets.
+HOUR_CACHE_MAX = 4096
+
+
+def key_digest(key):
+    """Return the 16-byte digest that stands for the dedup key text KEY."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=DIGEST_BYTES).digest()
+
+
+class TimestampParser:
+    """Convert PoD `ts` strings to integer microseconds since the epoch, as instants.
+
+    The common forms `2024-05-22T12:10:03.058340-0700` and `...-07:00` share a
+    cached UTC start of their local hour, so most calls only read minutes,
+    seconds and microseconds. Other forms go through podspool.events.parse_ts.
+    Integers keep microsecond instants exact, where floats would round them.
+    """
+
+    def __init__(self):
+        self._hours = {}
+
+    def micros(self, ts):
+        """Return TS as microseconds since the epoch, or None when it is missing or unreadable."""
+        if not isinstance(ts, str):
+            return None
+        if len(ts) in (31, 32) and ts[13] == ":" and ts[16] == ":" and ts[19] == ".":
+            hour = self._hour_micros(ts[:13], ts[26:])
+            try:
+                minutes = int(ts[14:16])
+                seconds = int(ts[17:19])
+                fraction = int(ts[20:26])
+            except ValueError:
+                hour = None
+            if hour is not None and minutes < 60 and seconds < 60 and ts[20:26].isdigit():
+                return hour + minutes * 60 * MICROS + seconds * MICROS + fraction
+        return self._slow_micros(ts)
+
+    def _hour_micros(self, prefix, offset):
+        cache_key = prefix + offset
+        hour = self._hours.get(cache_key)
+        if hour is None:
+            hour = self._slow_micros(prefix + ":00:00" + offset)
+            if hour is None:
+                return None
+            if len(self._hours) >= HOUR_CACHE_MAX:
+                self._hours.clear()
+            self._hours[cache_key] = hour
+        return hour
+
+    @staticmethod
+    def _slow_micros(ts):
+        try:
+            moment = parse_ts(ts)
+        except ValueError:
+            return None
+        return to_micros(moment)
+
+
+def to_micros(moment):
+    """Return the aware datetime MOMENT as integer microseconds since the epoch."""
+    delta = moment - EPOCH
+    return (delta.days * 86400 + delta.seconds) * MICROS + delta.microseconds
+
+
+class DedupWindow:
+    """Digests of spooled events within `window_seconds` of the newest event time seen.
+
+    `in` and `add` are O(1). `prune` removes buckets older than the window,
+    measured from the newest event time for EVENT_TIME keys and from the given
+    receive time for RECEIVE_TIME keys.
+    """
+
+    def __init__(self, window_seconds):
+        self.window_micros = int(window_seconds * MICROS)
+        self.newest_event_micros = None
+        self._members = set()
+        self._buckets = ({}, {})  # per time kind: bucket index -> list of digests
+
+    def __len__(self):
+        return len(self._members)
+
+    def __contains__(self, digest):
+        return digest in self._members
+
+    def add(self, digest, micros, kind=EVENT_TIME):
+        """Record DIGEST aged by MICROS of KIND; return False when it was already there."""
+        if digest in self._members:
+            return False
+        self._members.add(digest)
+        bucket = micros // BUCKET_MICROS
+        entries = self._buckets[kind].get(bucket)
+        if entries is None:
+            self._buckets[kind][bucket] = [digest]
+        else:
+            entries.append(digest)
+        if kind == EVENT_TIME and (self.newest_event_micros is None or micros > self.newest_event_micros):
+            self.newest_event_micros = micros
+        return True
+
+    def prune(self, now_micros):
+        """Drop the keys that fell out of the window; return how many were dropped."""
+        dropped = 0
+        if self.newest_event_micros is not None:
+            dropped += self._drop_before(EVENT_TIME, self.newest_event_micros - self.window_micros)
+        dropped += self._drop_before(RECEIVE_TIME, now_micros - self.window_micros)
+        return dropped
+
+    def _drop_before(self, kind, cutoff_micros):
+        buckets = self._buckets[kind]
+        # A bucket goes only when its newest possible time is older than the cutoff.
+        stale = [index for index in buckets if (index + 1) * BUCKET_MICROS <= cutoff_micros]
+        dropped = 0
+        for index in stale:
+            for digest in buckets.pop(index):
+                self._members.discard(digest)
+                dropped += 1
+        return dropped
+
+    def entries(self):
+        """Yield (digest, micros, kind) for every key, with micros at the start of its bucket."""
+        for kind, buckets in enumerate(self._buckets):
+            for index, digests in buckets.items():
+                start = index * BUCKET_MICROS
+                for digest in digests:
+                    yield digest, start, kind
+
