@@ -12,17 +12,13 @@ import sys
 
 from podspool import __version__
 from podspool.config import DEFAULT_CONFIG_FILE
-from podspool.errors import ConfigError, PodspoolError
+from podspool.errors import ConfigError, PodspoolError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 log = logging.getLogger(__name__)
-
-
-class UsageError(PodspoolError):
-    """Invalid command-line usage: exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,8 +83,10 @@ def setup_logging(fmt=None, level="info", debug=False):
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else getattr(logging, level.upper()))
-    # websocket-client logs handshake details at DEBUG; keep it quiet unless asked.
-    logging.getLogger("websocket").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # websocket-client logs handshake details at DEBUG and the websockets server (the
+    # emulator) one line per connection at INFO; keep both quiet unless asked.
+    for name in ("websocket", "websockets"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def command_check(args):
@@ -155,6 +153,8 @@ def command_test_connection(args):
 def command_demo(args):
     from podspool import demo
 
+    # The demo shows its own progress line; only problems are logged.
+    setup_logging("text", "warning", args.debug)
     return demo.main(args.directory)
 
 

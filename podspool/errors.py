@@ -25,6 +25,10 @@ class ConfigError(PodspoolError):
         super().__init__(text)
 
 
+class UsageError(PodspoolError):
+    """Invalid command-line usage: exit status 2."""
+
+
 class SecretError(ConfigError):
     """A secret that cannot be resolved or decrypted; the text never holds the secret."""
 

@@ -2,6 +2,7 @@
 
 import datetime
 import ipaddress
+import logging
 
 import pytest
 from cryptography import x509
@@ -125,3 +126,19 @@ def tls_ca(tmp_path):
     ))
     key_file.chmod(0o600)
     return str(ca_file), str(cert_file), str(key_file)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Undo the handlers that tests calling podspool.cli.main() install on the root logger.
+
+    Without this, a handler bound to a test's captured stderr outlives the test
+    and later threads fail writing to the closed stream.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,132 @@
+"""The status file the service rewrites every few seconds, and the `podspool status` command.
+
+The file is `<state_directory>/status.json`. Counters count since the state
+directory was created: at start the service reads the previous file and adds
+its counters to the new ones.
+"""
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+
+from podspool import health
+from podspool.fsutil import read_json, write_json_atomic
+
+STATUS_FILE = "status.json"
+# The service rewrites the file at least this often; three missed rewrites mean it is not running.
+WRITE_INTERVAL_SECONDS = 5.0
+STALE_AFTER_SECONDS = 3 * WRITE_INTERVAL_SECONDS
+
+DEVICE_COUNTERS = ("events_received", "events_spooled", "duplicates_dropped", "dead_lettered",
+                   "events_dropped_by_pipeline", "reconnects", "handshake_failures", "gaps")
+OUTPUT_COUNTERS = ("events_delivered", "events_rejected", "batches_sent")
+DEVICE_FIELDS = ("connected", "last_event_time", "checkpoint", "events_spooled",
+                 "duplicates_dropped", "dead_lettered", "reconnects", "last_error")
+OUTPUT_FIELDS = ("backlog_files", "backlog_bytes", "events_delivered", "lag_seconds", "last_error")
+
+
+def status_path(state_directory):
+    return os.path.join(state_directory, STATUS_FILE)
+
+
+def rfc3339(epoch):
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusBook:
+    """Combine live stats with the counters of earlier runs and write the status file."""
+
+    def __init__(self, state_directory):
+        self.path = status_path(state_directory)
+        previous = read_json(self.path, default={}) or {}
+        self.base_devices = {name: {key: entry.get(key, 0) or 0 for key in DEVICE_COUNTERS}
+                             for name, entry in previous.get("devices", {}).items()}
+        self.base_outputs = {name: {key: entry.get(key, 0) or 0 for key in OUTPUT_COUNTERS}
+                             for name, entry in previous.get("outputs", {}).items()}
+
+    def snapshot(self, devices, outputs, now=None):
+        """Build the status document from {name: (stats, enabled)} and {name: stats}."""
+        now = time.time() if now is None else now
+        document = {"updated": rfc3339(now), "updated_epoch": now, "pid": os.getpid(),
+                    "devices": {}, "outputs": {}}
+        for name, (stats, enabled) in devices.items():
+            entry = stats.as_dict()
+            for key in DEVICE_COUNTERS:
+                entry[key] += self.base_devices.get(name, {}).get(key, 0)
+            entry["enabled"] = enabled
+            document["devices"][name] = entry
+        for name, stats in outputs.items():
+            entry = stats.as_dict()
+            for key in OUTPUT_COUNTERS:
+                entry[key] += self.base_outputs.get(name, {}).get(key, 0)
+            document["outputs"][name] = entry
+        return document
+
+    def write(self, document):
+        # No fsync: the file is rewritten every few seconds and only describes the present.
+        write_json_atomic(self.path, document, fsync=False)
+
+
+def public_view(document):
+    """Return the documented `status --json` shape of a status document."""
+    return {
+        "devices": {name: {key: entry.get(key) for key in DEVICE_FIELDS}
+                    for name, entry in document.get("devices", {}).items()},
+        "outputs": {name: {key: entry.get(key) for key in OUTPUT_FIELDS}
+                    for name, entry in document.get("outputs", {}).items()},
+    }
+
+
+def render_table(document):
+    """Return the human-readable status: one table of devices, one of outputs."""
+    lines = [f"updated {document.get('updated')} (pid {document.get('pid')})", ""]
+    rows = [("DEVICE", "CONNECTED", "LAST EVENT", "SPOOLED", "DUPLICATES", "DEAD-LETTER", "RECONNECTS", "LAST ERROR")]
+    for name, entry in sorted(document.get("devices", {}).items()):
+        rows.append((name, "yes" if entry.get("connected") else "no", entry.get("last_event_time") or "-",
+                     str(entry.get("events_spooled", 0)), str(entry.get("duplicates_dropped", 0)),
+                     str(entry.get("dead_lettered", 0)), str(entry.get("reconnects", 0)),
+                     entry.get("last_error") or "-"))
+    lines += _columns(rows)
+    lines.append("")
+    rows = [("OUTPUT", "BACKLOG FILES", "BACKLOG BYTES", "DELIVERED", "LAG", "LAST ERROR")]
+    for name, entry in sorted(document.get("outputs", {}).items()):
+        lag = entry.get("lag_seconds")
+        rows.append((name, str(entry.get("backlog_files", 0)), str(entry.get("backlog_bytes", 0)),
+                     str(entry.get("events_delivered", 0)), "-" if lag is None else f"{lag:.0f}s",
+                     entry.get("last_error") or "-"))
+    lines += _columns(rows)
+    return "\n".join(lines)
+
+
+def _columns(rows):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def main(settings, as_json=False, now=None):
+    """Print the status of the running service; return 0 when healthy, 1 otherwise."""
+    now = time.time() if now is None else now
+    document = read_json(status_path(settings.state_directory))
+    if document is None:
+        print(f"no status file in {settings.state_directory}: the service has not run with this configuration")
+        return 1
+    if as_json:
+        print(json.dumps(public_view(document), indent=2, sort_keys=True))
+    else:
+        print(render_table(document))
+    found = health.problems(document, now, settings.metrics.unhealthy_after_seconds)
+    age = now - document.get("updated_epoch", 0)
+    if age > STALE_AFTER_SECONDS:
+        found.insert(0, f"the status file is {age:.0f} s old: the service is not running")
+    for device in settings.devices:
+        entry = document.get("devices", {}).get(device.name)
+        if device.status and entry is not None and not entry.get("connected") and entry.get("failing_since"):
+            if not any(device.name in problem for problem in found):
+                found.append(f"device {device.name} is disconnected: {entry.get('last_error') or 'no session'}")
+    for problem in found:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+    return 1 if found else 0
