@@ -144,10 +144,10 @@ def command_status(args):
 
 
 def command_test_connection(args):
-    from podspool import config, session
+    from podspool import config, probe
 
     settings = config.load(args.config)
-    return session.test_connection(settings, args.device)
+    return probe.test_connection(settings, args.device)
 
 
 def command_demo(args):

@@ -13,6 +13,7 @@ from podspool.errors import ConfigError, PodspoolError
 from podspool.fsutil import ensure_dir
 from podspool.metrics import MetricsServer
 from podspool.notify import Notifier
+from podspool.session import is_cleartext_remote
 from podspool.status import StatusBook
 
 log = logging.getLogger(__name__)
@@ -63,31 +64,9 @@ def describe(settings):
     for name in sorted(settings.pipelines):
         lines.append(f"  {name}")
     for device in settings.devices:
-        if device.endpoint.startswith("ws://") and not is_loopback_url(device.endpoint):
+        if is_cleartext_remote(device.endpoint):
             lines.append(f"warning: device {device.name} uses unencrypted ws:// to a host that is not loopback")
     return "\n".join(lines)
-
-
-def is_loopback_url(url):
-    """Tell whether URL points at 127.0.0.0/8, ::1 or localhost."""
-    import ipaddress
-    from urllib.parse import urlsplit
-
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def state_paths(settings):
-    """Return the paths of the status file and the device state root."""
-    return {
-        "status": os.path.join(settings.state_directory, "status.json"),
-        "devices": os.path.join(settings.state_directory, "devices"),
-    }
 
 
 class Service:
