@@ -139,7 +139,7 @@ def command_run(args):
 def command_status(args):
     from podspool import config, status
 
-    settings = config.load(args.config)
+    settings = config.load(args.config, resolve_secrets=False)
     return status.main(settings, as_json=args.json)
 
 

@@ -18,6 +18,7 @@ Every error is a ConfigError of the form `<file>: <key path>: <problem> (got
 import glob
 import logging
 import os
+import re
 
 import yaml
 
@@ -37,9 +38,14 @@ DEFAULT_CONFIG_FILE = "/etc/podspool/podspool.yaml"
 DROP_IN_KEYS = ("devices", "pipelines", "outputs")
 
 
-def load(path=DEFAULT_CONFIG_FILE, environ=None):
-    """Read, merge and validate the configuration rooted at PATH; raise ConfigError."""
-    return Loader(path, environ).load()
+def load(path=DEFAULT_CONFIG_FILE, environ=None, *, resolve_secrets=True):
+    """Read, merge and validate the configuration rooted at PATH; raise ConfigError.
+
+    With RESOLVE_SECRETS false, references that cannot be resolved become
+    "(unresolved)", `secure` tokens stay encrypted and GeoIP databases are not
+    opened: enough for `podspool status`, which needs names and directories only.
+    """
+    return Loader(path, environ, resolve_secrets=resolve_secrets).load()
 
 
 def drop_in_files(main_file):
@@ -49,31 +55,59 @@ def drop_in_files(main_file):
     return sorted(found, key=os.path.basename)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a mapping key given twice, instead of keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path):
-    """Parse one YAML file; a syntax error names the file, line and column."""
+    """Parse one YAML file; a syntax error names the file, line and column.
+
+    Words of 12 or more characters in PyYAML's problem description are replaced
+    by '...', because
+    it can be a token written in the file (an unquoted `token: !abc` reads as a tag).
+    """
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+            return yaml.load(handle, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
-        raise ConfigError("file not found", file=path, fix="pass the right file with -c FILE") from None
+        raise ConfigError("file not found", file=path,
+                          fix="check the path (a drop-in that is a broken link is removed or fixed)") from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a YAML file", file=path,
+                          fix="pass the main file with -c FILE; drop-ins must be files") from None
     except PermissionError:
         raise ConfigError("file cannot be read (permission denied)", file=path,
                           fix="let the service user read it") from None
+    except OSError as exc:
+        raise ConfigError(f"file cannot be read ({exc.strerror})", file=path, fix="check the file") from None
     except UnicodeDecodeError:
         raise ConfigError("file is not valid UTF-8", file=path, fix="save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{where}{problem}", file=path, fix="fix the YAML syntax") from None
+        problem = re.sub(r"[^\s'\",]{12,}", "...", problem) if "given twice" not in problem else problem
+        raise ConfigError(f"{where}{problem}", file=path,
+                          fix="fix the YAML syntax; quote values that start with !, *, & or @") from None
 
 
 class Loader:
     """One load of the configuration; keeps the resolver so errors can be redacted."""
 
-    def __init__(self, path, environ=None):
+    def __init__(self, path, environ=None, *, resolve_secrets=True):
         self.path = os.path.abspath(path)
         self.environ = os.environ if environ is None else environ
+        self.resolve_secrets = resolve_secrets
         self.resolver = None
 
     def load(self):
@@ -94,7 +128,7 @@ class Loader:
         schema.check_keys(main, schema.TOP_LEVEL_KEYS, file=self.path, path="")
 
         secrets_directory = self._path_value(main, "secrets_directory", "/etc/podspool/secrets")
-        self.resolver = Resolver(secrets_directory, self.environ)
+        self.resolver = Resolver(secrets_directory, self.environ, strict=self.resolve_secrets)
         files = [self.path]
         sections = {name: [] for name in DROP_IN_KEYS}
         self._collect(main, self.path, sections, main_file=True)
@@ -108,6 +142,8 @@ class Loader:
         devices = schema.build_devices(sections["devices"], context, pipeline_names)
         # GeoIP databases must exist only for pipelines that an enabled device uses.
         used = {name for device in devices if device.status for name in device.pipelines}
+        if not self.resolve_secrets:
+            used = set()
         pipelines = schema.build_pipelines(sections["pipelines"], used)
         outputs = schema.build_outputs(sections["outputs"], context)
         devices = self._decrypt(main, devices)
@@ -179,7 +215,7 @@ class Loader:
 
     def _decrypt(self, main, devices):
         """Decrypt `secure: true` tokens; the shared key is needed only when one exists."""
-        if not any(device.secure for device in devices):
+        if not self.resolve_secrets or not any(device.secure for device in devices):
             return devices
         key_file = self._path_value(main, "shared_key_file", "/etc/podspool/shared.key")
         fernet = load_key(key_file, file=self.path)

@@ -4,8 +4,10 @@ Each raises ValueError with a short description of what was expected; the
 loader adds the file and key path and turns it into a ConfigError.
 """
 
+import math
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from urllib.parse import urlsplit
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {
@@ -40,7 +42,7 @@ def to_bytes(value):
 
 def to_seconds(value):
     """Convert a number of seconds, integer or fraction, into a float of zero or more."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError("expected a number of seconds, such as 60 or 0.5")
     if value < 0:
         raise ValueError("expected zero or more seconds")
@@ -102,6 +104,9 @@ def to_instant(value):
     """Convert an ISO 8601 time (a YAML timestamp or a string) into an aware UTC datetime."""
     if isinstance(value, datetime):
         moment = value
+    elif isinstance(value, date):
+        # YAML reads an unquoted 2025-01-02 as a date: midnight UTC of that day.
+        moment = datetime(value.year, value.month, value.day)
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip())
@@ -123,3 +128,40 @@ def to_listen_address(value):
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT, such as 127.0.0.1:9713")
     return host, int(port)
+
+
+def to_url(schemes, example):
+    """Return a converter for a URL with one of SCHEMES and a host."""
+
+    def convert(value):
+        text = to_str(value)
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError(f"expected a URL such as {example}") from None
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"expected a {' or '.join(s + '://' for s in schemes)} URL such as {example}")
+        return text
+
+    return convert
+
+
+def to_existing_file(value):
+    """Accept the path of a readable file."""
+    text = to_str(value)
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"file cannot be read ({exc.strerror})") from None
+    return text
+
+
+def to_name(value):
+    """Accept a name usable as a directory name: no `/`, not `.` or `..`, no leading dot."""
+    text = to_str(value)
+    if "/" in text or "\0" in text or text.startswith(".") or text == "dead-letter":
+        raise ValueError("expected a name without '/', not starting with '.', and not 'dead-letter', "
+                         "because it names the device's spool directory")
+    return text

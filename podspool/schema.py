@@ -23,6 +23,14 @@ from podspool.settings import (
 )
 
 REQUIRED = object()
+
+
+def nested_section(value):
+    """Pass a nested section through; its own fields are converted (and resolved) later."""
+    return value
+
+
+nested_section.nested = True
 TOP_LEVEL_KEYS = (
     "spool", "state_directory", "shared_key_file", "secrets_directory",
     "log", "metrics", "pipelines", "outputs", "devices",
@@ -54,16 +62,16 @@ METRICS_FIELDS = {
 }
 DEVICE_FIELDS = {
     "id": (lambda value: convert.to_int(value, minimum=0), REQUIRED),
-    "name": (convert.to_str, REQUIRED),
+    "name": (convert.to_name, REQUIRED),
     "description": (lambda value: value if isinstance(value, str) else convert.to_str(value), ""),
     "type": (convert.to_choice(("proofpoint",)), REQUIRED),
     "tags": (convert.to_str_list, ()),
     "pipelines": (convert.to_str_list, ()),
     "status": (convert.to_bool, True),
-    "properties": (lambda value: value, REQUIRED),
+    "properties": (nested_section, REQUIRED),
 }
 PROPERTY_FIELDS = _spec(DEVICE_PROPERTY_DEFAULTS, {
-    "endpoint": convert.to_str,
+    "endpoint": convert.to_url(("wss", "ws"), "wss://logstream.proofpoint.com:443/v1/stream"),
     "type": convert.to_choice(LOG_TYPES),
     "secure": convert.to_bool,
     "workers": lambda value: convert.to_int(value, minimum=1),
@@ -77,9 +85,9 @@ PROPERTY_FIELDS = _spec(DEVICE_PROPERTY_DEFAULTS, {
     "max_event_bytes": convert.to_bytes,
     "since": lambda value: convert.to_instant(value).isoformat(),
     "replay_idle_seconds": convert.to_positive_seconds,
-    "ca_file": convert.to_str,
+    "ca_file": convert.to_existing_file,
     "verify_tls": convert.to_bool,
-    "proxy": convert.to_str,
+    "proxy": convert.to_url(("http",), "http://proxy.example.com:3128"),
 })
 PROPERTY_FIELDS["cluster"] = (convert.to_str, REQUIRED)
 PROPERTY_FIELDS["token"] = (convert.to_str, REQUIRED)
@@ -88,9 +96,9 @@ OUTPUT_FIELDS = _spec(OUTPUT_COMMON_DEFAULTS, {
     "batch_max_bytes": convert.to_bytes,
     "timeout_seconds": convert.to_positive_seconds,
     "verify_tls": convert.to_bool,
-    "ca_file": convert.to_str,
-    "client_cert": convert.to_str,
-    "client_key": convert.to_str,
+    "ca_file": convert.to_existing_file,
+    "client_cert": convert.to_existing_file,
+    "client_key": convert.to_existing_file,
     "retry_initial_seconds": convert.to_positive_seconds,
     "retry_max_seconds": convert.to_positive_seconds,
 })
@@ -149,13 +157,21 @@ def convert_fields(raw, fields, context, *, path, file=None):
             values[key] = default
             continue
         secret = is_credential(key)
+        if getattr(converter, "nested", False):
+            values[key] = raw[key]
+            continue
         value = resolve_tree(raw[key], context, file=file, path=where, sensitive=secret)
         try:
             values[key] = converter(value)
         except ValueError as exc:
-            shown = None if secret else value
+            # A value that came from ${...} or $secret{...} is shown as written, not resolved.
+            shown = None if secret else (raw[key] if _has_reference(raw[key]) else value)
             raise ConfigError(f"invalid value: {exc}", file=file, key=where, value=shown) from None
     return values
+
+
+def _has_reference(value):
+    return isinstance(value, str) and "$" in value
 
 
 def reject_duplicates(entries, label):

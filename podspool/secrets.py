@@ -16,14 +16,21 @@ from podspool.errors import SecretError
 REFERENCE = re.compile(r"\$(?:\{([^}]*)\}|secret\{([^}]*)\})")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+UNRESOLVED = "(unresolved)"
+# Shorter values are not redacted from messages: they would garble ordinary words, and a
+# credential that short is not worth hiding.
+MIN_REDACTED_LENGTH = 8
 
 
 class Resolver:
     """Replace references in configuration strings, remembering what was secret."""
 
-    def __init__(self, secrets_directory, environ=None):
+    def __init__(self, secrets_directory, environ=None, *, strict=True):
         self.secrets_directory = secrets_directory
         self.environ = os.environ if environ is None else environ
+        # With strict=False an unresolvable reference becomes UNRESOLVED instead of an error,
+        # for commands such as `status` that run outside the service's environment.
+        self.strict = strict
         self.secret_values = set()
 
     def resolve(self, value, *, file, key, sensitive=False):
@@ -34,9 +41,14 @@ class Resolver:
             return value
 
         def replace(match):
-            if match.group(1) is not None:
-                return self._from_environment(match.group(1), file=file, key=key)
-            secret = self._from_file(match.group(2), file=file, key=key)
+            try:
+                if match.group(1) is not None:
+                    return self._from_environment(match.group(1), file=file, key=key)
+                secret = self._from_file(match.group(2), file=file, key=key)
+            except SecretError:
+                if self.strict:
+                    raise
+                return UNRESOLVED
             self.secret_values.add(secret)
             return secret
 
@@ -92,7 +104,7 @@ class Resolver:
     def redact(self, text):
         """Replace every secret value this resolver has seen in TEXT with `***`."""
         for secret in sorted(self.secret_values, key=len, reverse=True):
-            if secret:
+            if len(secret) >= MIN_REDACTED_LENGTH:
                 text = text.replace(secret, "***")
         return text
 

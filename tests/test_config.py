@@ -279,3 +279,72 @@ def test_config_missing_geoip_database_only_when_used(main_file, tmp_path):
     write(main_file.parent / "conf.d" / "20-pod.yaml", device_yaml(extra="pipelines: [geo]"))
     message = load_error(main_file)
     assert_names(message, "10-pipelines.yaml", "database_file", "absent.mmdb")
+
+
+def test_config_duplicate_yaml_key(main_file):
+    main_file.write_text(main_file.read_text() + "devices: []\ndevices: []\n")
+    message = load_error(main_file)
+    assert_names(message, "podspool.yaml", "line", "'devices' is given twice")
+
+
+def test_config_yaml_error_hides_token(main_file):
+    write(main_file.parent / "conf.d" / "10-pod.yaml", device_yaml(token="x").replace(
+        '"x"', "!" + SENTINEL))
+    message = load_error(main_file)
+    assert_names(message, "10-pod.yaml", "line", "quote values")
+
+
+def test_config_directory_instead_of_file(main_file):
+    (main_file.parent / "conf.d" / "10-dir.yaml").mkdir(parents=True)
+    message = load_error(main_file)
+    assert_names(message, "10-dir.yaml", "is a directory")
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".hidden", "dead-letter"])
+def test_config_device_name_not_directory(main_file, name):
+    write(main_file.parent / "conf.d" / "10-pod.yaml", device_yaml(name=f'"{name}"'))
+    message = load_error(main_file)
+    assert_names(message, "10-pod.yaml", "[0].name", "spool directory")
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:1/v1/stream", "ws://[::1", "wss:///v1/stream"])
+def test_config_endpoint_must_be_websocket(main_file, endpoint):
+    write(main_file.parent / "conf.d" / "10-pod.yaml", device_yaml(extra_properties=f'endpoint: "{endpoint}"'))
+    message = load_error(main_file)
+    assert_names(message, "10-pod.yaml", "[0].properties.endpoint", "wss://")
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-1"])
+def test_config_seconds_must_be_finite(main_file, value):
+    write(main_file.parent / "conf.d" / "10-pod.yaml", device_yaml(extra_properties=f"ping_interval_seconds: {value}"))
+    message = load_error(main_file)
+    assert_names(message, "[0].properties.ping_interval_seconds")
+
+
+def test_config_since_accepts_yaml_date(main_file):
+    write(main_file.parent / "conf.d" / "10-pod.yaml", device_yaml(extra_properties="since: 2024-01-01"))
+    device = config.load(str(main_file), environ={}).devices[0]
+    assert device.since == "2024-01-01T00:00:00+00:00"
+
+
+def test_config_missing_ca_file(main_file, tmp_path):
+    write(main_file.parent / "conf.d" / "10-pod.yaml",
+          device_yaml(extra_properties=f"ca_file: {tmp_path}/absent.pem"))
+    message = load_error(main_file)
+    assert_names(message, "[0].properties.ca_file", "cannot be read")
+
+
+def test_config_reference_shown_unresolved(main_file):
+    write(main_file.parent / "conf.d" / "10-pod.yaml",
+          device_yaml(extra_properties='workers: "${WORKERS}"'))
+    message = load_error(main_file, environ={"WORKERS": "many-" + SENTINEL})
+    assert_names(message, "[0].properties.workers", "${WORKERS}")
+
+
+def test_config_status_loads_without_secrets(main_file):
+    write(main_file.parent / "conf.d" / "10-pod.yaml", device_yaml(token="${ABSENT}"))
+    settings = config.load(str(main_file), environ={}, resolve_secrets=False)
+    assert settings.devices[0].name == "pod"
+    assert settings.devices[0].token == "(unresolved)"
+    with pytest.raises(ConfigError):
+        config.load(str(main_file), environ={})
