@@ -28,6 +28,7 @@ class DeviceRunner:
         self.capacity = capacity
         self.stats = stats or DeviceStats()
         self.stop_event = threading.Event()
+        self.disconnected_since = None  # epoch seconds; None while connected
         self.writer = None
         self.connection = None
         self.thread = None
@@ -51,6 +52,13 @@ class DeviceRunner:
                                        daemon=True)
         self.thread.start()
         return self
+
+    def observe(self, now):
+        """Track since when the device has had no session; the service calls this every second."""
+        if self.stats.connected:
+            self.disconnected_since = None
+        elif self.disconnected_since is None:
+            self.disconnected_since = now
 
     def request_stop(self):
         self.stop_event.set()

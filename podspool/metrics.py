@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from podspool import health
+from podspool.errors import PodspoolError
 from podspool.events import parse_ts
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,11 @@ class MetricsServer:
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
 
-        self.server = Server(self.address, Handler)
+        try:
+            self.server = Server(self.address, Handler)
+        except OSError as exc:
+            raise PodspoolError(f"metrics.listen {self.address[0]}:{self.address[1]} cannot be used "
+                                f"({exc.strerror}); choose another address or stop what uses it") from None
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
                                        name="metrics", daemon=True)

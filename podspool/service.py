@@ -9,6 +9,9 @@ import time
 
 from podspool import __version__
 from podspool.components import DeviceRunner, OutputRunner
+from podspool.lock import DirectoryLock
+from podspool.spool_files import list_closed
+from podspool.stats import DeviceStats, OutputStats
 from podspool.errors import ConfigError, PodspoolError
 from podspool.fsutil import ensure_dir
 from podspool.metrics import MetricsServer
@@ -91,6 +94,13 @@ class Service:
         self.reload_requested = False
         self.wakeup = threading.Event()
         self._retention_lock = threading.Lock()
+        self.locks = []
+        # Counters live as long as the process, so a reload that restarts a device keeps them.
+        self.device_stats = {}
+        self.output_stats = {}
+        # Devices removed by a reload whose spool still holds closed files: outputs keep
+        # routing them until those files are delivered.
+        self.retired_devices = {}
 
     # Signal handlers: record only (no logging, no joins), so they are safe at any point.
     def _on_stop_signal(self, signum, frame):
@@ -110,6 +120,7 @@ class Service:
         from podspool.spool_capacity import SpoolCapacity
 
         check_directories(self.settings)
+        self._lock_directories(self.settings)
         self.capacity = SpoolCapacity(self.settings.spool.directory, self.settings.spool.max_bytes)
         self.status_book = StatusBook(self.settings.state_directory)
         log.info("starting podspool %s: %s", __version__, summary_line(self.settings),
@@ -121,22 +132,40 @@ class Service:
                 log.info("device %s is disabled (status: false)", device.name, extra={"device": device.name})
         for output in self.settings.outputs:
             self._start_output(output)
-        if self.settings.metrics.listen:
-            host, port = self.settings.metrics.listen
-            self.metrics_server = MetricsServer(host, port, self.snapshot,
-                                                self.settings.metrics.unhealthy_after_seconds).start()
+        self._start_metrics()
+        warn_unrouted_spools(self.settings)
         self.write_status()
         self.notifier.ready(self.status_text())
         return self
 
+    def _lock_directories(self, settings):
+        wanted = [("spool.directory", settings.spool.directory), ("state_directory", settings.state_directory)]
+        held = {lock.directory for lock in self.locks}
+        for key, directory in wanted:
+            if directory not in held:
+                self.locks.append(DirectoryLock(directory, key).acquire())
+
+    def _start_metrics(self):
+        if self.settings.metrics.listen:
+            host, port = self.settings.metrics.listen
+            self.metrics_server = MetricsServer(host, port, self.snapshot,
+                                                self.settings.metrics.unhealthy_after_seconds).start()
+
+    @property
+    def routing_devices(self):
+        """The devices outputs route: the configured ones and the retired ones with files left."""
+        return list(self.settings.devices) + list(self.retired_devices.values())
+
     def _start_device(self, device):
+        stats = self.device_stats.setdefault(device.name, DeviceStats())
         runner = DeviceRunner(device, self.settings.spool, self.settings.state_directory,
-                              self.settings.pipelines, self.capacity)
+                              self.settings.pipelines, self.capacity, stats=stats)
         self.devices[device.name] = runner.start()
 
     def _start_output(self, output):
-        runner = OutputRunner(output, [d for d in self.settings.devices], self.settings.spool.directory,
-                              self.settings.state_directory, self.on_file_done)
+        stats = self.output_stats.setdefault(output.name, OutputStats())
+        runner = OutputRunner(output, self.routing_devices, self.settings.spool.directory,
+                              self.settings.state_directory, self.on_file_done, stats=stats)
         self.outputs[output.name] = runner.start()
 
     def on_file_done(self, device, closed_file):
@@ -147,10 +176,11 @@ class Service:
         # Every configured output counts, running or not: an output being started or
         # restarted by a reload must not lose files to the others.
         settings = self.settings
+        devices = self.routing_devices
         with self._retention_lock:
             progresses = []
             for output in settings.outputs:
-                if not any(d.name == device for d in routed_devices(output, settings.devices)):
+                if not any(d.name == device for d in routed_devices(output, devices)):
                     continue
                 runner = self.outputs.get(output.name)
                 if runner is not None and runner.shipper is not None and runner.settings == output:
@@ -160,13 +190,19 @@ class Service:
             return remove_delivered(settings.spool.directory, device, progresses, capacity=self.capacity)
 
     def snapshot(self):
-        devices = {name: (runner.stats, runner.settings.status) for name, runner in self.devices.items()}
+        now = time.time()
+        for runner in self.devices.values():
+            runner.observe(now)
+        devices = {name: (runner.stats, runner.settings.status, runner.disconnected_since)
+                   for name, runner in self.devices.items()}
         outputs = {name: runner.stats for name, runner in self.outputs.items()}
         document = self.status_book.snapshot(devices, outputs)
         document["spool_bytes"] = self.capacity.used_bytes() if self.capacity else 0
         return document
 
     def write_status(self):
+        if self.status_book is None:
+            return  # start-up failed before the status file was opened
         try:
             self.status_book.write(self.snapshot())
         except OSError as exc:
@@ -222,6 +258,8 @@ class Service:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.write_status()
+        for lock in self.locks:
+            lock.release()
         log.info("stopped", extra={"event": "stopped"})
         return 0
 
@@ -244,19 +282,38 @@ class Service:
         from podspool import config
 
         self.notifier.reloading()
+        old = self.settings
         try:
             new = config.load(self.config_file)
+            moved = [key for key, before, after in (
+                ("spool.directory", old.spool.directory, new.spool.directory),
+                ("state_directory", old.state_directory, new.state_directory)) if before != after]
+            if moved:
+                # The outputs would leave behind the files already in the old directories.
+                raise ConfigError(f"{' and '.join(moved)} cannot change on reload; "
+                                  "restart the service to move it")
             check_directories(new)
         except PodspoolError as exc:
             log.error("configuration reload failed, keeping the running configuration: %s", exc,
                       extra={"event": "config_reload_failed", "error": str(exc)})
             self.notifier.ready(self.status_text())
             return False
-        old = self.settings
         self.settings = new
-        spool_changed = old.spool != new.spool or old.state_directory != new.state_directory
+        spool_changed = old.spool != new.spool
+        self._retire_removed_devices(old, new)
         changed = self._reload_devices(old, new, spool_changed)
-        changed += self._reload_outputs(old, new)
+        changed += self._reload_outputs(old, new, spool_changed)
+        if old.metrics != new.metrics:
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+                self.metrics_server = None
+            try:
+                self._start_metrics()
+                changed.append("metrics restarted")
+            except PodspoolError as exc:
+                log.error("metrics listener failed to start after the reload: %s", exc,
+                          extra={"event": "config_reload_failed", "error": str(exc)})
+                changed.append("metrics failed to start")
         log.info("configuration reloaded: %s", ", ".join(changed) or "nothing changed",
                  extra={"event": "config_reloaded", "changes": changed})
         self.notifier.ready(self.status_text())
@@ -277,10 +334,21 @@ class Service:
 
         return swap("device", self.devices, new_devices, unchanged, stop, self._start_device)
 
-    def _reload_outputs(self, old, new):
+    def _retire_removed_devices(self, old, new):
+        """Keep routing removed or disabled devices while their spool holds closed files."""
+        configured = {device.name for device in new.devices}
+        for device in old.devices:
+            if device.name not in configured and list_closed(old.spool.directory, device.name):
+                self.retired_devices[device.name] = device
+        for name in list(self.retired_devices):
+            if name in configured or not list_closed(new.spool.directory, name):
+                del self.retired_devices[name]
+
+    def _reload_outputs(self, old, new, spool_changed):
         old_outputs = {output.name: output for output in old.outputs}
         new_outputs = {output.name: output for output in new.outputs}
-        devices_changed = old.devices != new.devices
+        # Outputs restart when routing or the directories they read change.
+        devices_changed = old.devices != new.devices or spool_changed
 
         def unchanged(name):
             return new_outputs[name] == old_outputs.get(name) and not devices_changed
@@ -292,7 +360,9 @@ class Service:
 def swap(kind, running, wanted, unchanged, stop, start):
     """Stop the RUNNING entries that are gone or changed, start the WANTED ones not running.
 
-    Returns the list of changes as text, for the config_reloaded log line.
+    Returns the list of changes as text, for the config_reloaded log line. A
+    start that fails is logged and the others go on: one bad entry must not
+    take the service down.
     """
     changes = []
     for name in list(running):
@@ -301,9 +371,32 @@ def swap(kind, running, wanted, unchanged, stop, start):
             changes.append(f"{kind} {name} stopped")
     for name, settings in wanted.items():
         if name not in running:
-            start(settings)
+            try:
+                start(settings)
+            except Exception as exc:  # noqa: BLE001 - logged, the rest of the reload goes on
+                log.exception("%s %s failed to start after the reload: %s", kind, name, exc,
+                              extra={kind: name, "event": "config_reload_failed", "error": str(exc)})
+                changes.append(f"{kind} {name} failed to start")
+                continue
             changes.append(f"{kind} {name} started")
     return changes
+
+
+def warn_unrouted_spools(settings):
+    """Log the spool directories of devices no longer configured that still hold closed files."""
+    configured = {device.name for device in settings.devices}
+    try:
+        names = sorted(os.listdir(settings.spool.directory))
+    except OSError:
+        return
+    for name in names:
+        if name in configured or name.startswith("."):
+            continue
+        left = list_closed(settings.spool.directory, name)
+        if left:
+            log.warning("the spool of %s, a device no longer configured, holds %d closed files that no "
+                        "output will ship; configure the device again to ship them, or remove them",
+                        name, len(left), extra={"device": name})
 
 
 def pipelines_equal(old, new, names):

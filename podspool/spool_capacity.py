@@ -69,7 +69,8 @@ class SpoolCapacity:
             self._rescan_if_due()
             if self._used + size > self.max_bytes:
                 raise SpoolFullError(
-                    f"spool cap reached: {self._used} bytes used under {self.spool_root}, "
+                    f"spool cap reached: {self._used} bytes used under {self.spool_root} and "
+                    f"{size} more to write would pass it, "
                     f"max_bytes is {self.max_bytes}; outputs must deliver (or other tools remove) "
                     "closed files before writing resumes"
                 )

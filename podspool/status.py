@@ -49,15 +49,16 @@ class StatusBook:
                              for name, entry in previous.get("outputs", {}).items()}
 
     def snapshot(self, devices, outputs, now=None):
-        """Build the status document from {name: (stats, enabled)} and {name: stats}."""
+        """Build the status document from {name: (stats, enabled, disconnected_since)} and {name: stats}."""
         now = time.time() if now is None else now
         document = {"updated": rfc3339(now), "updated_epoch": now, "pid": os.getpid(),
                     "devices": {}, "outputs": {}}
-        for name, (stats, enabled) in devices.items():
+        for name, (stats, enabled, disconnected_since) in devices.items():
             entry = stats.as_dict()
             for key in DEVICE_COUNTERS:
                 entry[key] += self.base_devices.get(name, {}).get(key, 0)
             entry["enabled"] = enabled
+            entry["disconnected_since"] = disconnected_since
             document["devices"][name] = entry
         for name, stats in outputs.items():
             entry = stats.as_dict()
@@ -107,12 +108,33 @@ def _columns(rows):
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
+def valid_document(document):
+    """Tell whether DOCUMENT has the shape the service writes."""
+    if not isinstance(document, dict) or not isinstance(document.get("updated_epoch"), (int, float)):
+        return False
+    for section in ("devices", "outputs"):
+        entries = document.get(section)
+        if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+            return False
+    return True
+
+
 def main(settings, as_json=False, now=None):
     """Print the status of the running service; return 0 when healthy, 1 otherwise."""
     now = time.time() if now is None else now
-    document = read_json(status_path(settings.state_directory))
+    path = status_path(settings.state_directory)
+    try:
+        document = read_json(path)
+    except (OSError, ValueError) as exc:
+        print(f"the status file {path} cannot be read ({exc.__class__.__name__}); "
+              "the service rewrites it every second while it runs", file=sys.stderr)
+        return 1
     if document is None:
         print(f"no status file in {settings.state_directory}: the service has not run with this configuration")
+        return 1
+    if not valid_document(document):
+        print(f"the status file {path} is damaged; the service rewrites it every second while it runs",
+              file=sys.stderr)
         return 1
     if as_json:
         print(json.dumps(public_view(document), indent=2, sort_keys=True))
@@ -122,11 +144,6 @@ def main(settings, as_json=False, now=None):
     age = now - document.get("updated_epoch", 0)
     if age > STALE_AFTER_SECONDS:
         found.insert(0, f"the status file is {age:.0f} s old: the service is not running")
-    for device in settings.devices:
-        entry = document.get("devices", {}).get(device.name)
-        if device.status and entry is not None and not entry.get("connected") and entry.get("failing_since"):
-            if not any(device.name in problem for problem in found):
-                found.append(f"device {device.name} is disconnected: {entry.get('last_error') or 'no session'}")
     for problem in found:
         print(f"unhealthy: {problem}", file=sys.stderr)
     return 1 if found else 0

@@ -324,3 +324,121 @@ def test_systemd_unit_verifies(tmp_path):
     broken.write_text(text.replace("Type=notify", "Type=notifyy"))
     result = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True, text=True, timeout=60)
     assert "notifyy" in result.stderr
+
+
+def test_second_run_on_same_directories_rejected(tmp_path, emulator):
+    config_file = write_config(tmp_path, [device_entry(1, "pod", emulator.url)])
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: status_document(tmp_path).get("devices", {}).get("pod", {}).get("events_spooled", 0) > 100,
+                 what="events spooled")
+    second = subprocess.run([sys.executable, "-m", "podspool", "run", "-c", str(config_file)],
+                            capture_output=True, text=True, timeout=30, env=dict(os.environ, POD_TOKEN=SENTINEL))
+    before = status_document(tmp_path)["outputs"]["archive"]["events_delivered"]
+    run.wait_for(lambda: status_document(tmp_path)["outputs"]["archive"]["events_delivered"] > before + 100,
+                 what="delivery goes on")
+    status, _ = run.stop()
+    assert second.returncode == 1
+    assert "is in use by another podspool process" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert status == 0
+    spooled = spooled_lines(tmp_path, "pod")
+    assert len(spooled) == len(set(spooled))
+    assert spooled == emulator.sent_lines("message")[:len(spooled)]
+    assert len(spooled) == status_document(tmp_path)["devices"]["pod"]["events_received"]
+
+
+def test_reload_removed_device_files_delivered(tmp_path, emulator):
+    config_file = write_config(tmp_path, [device_entry(1, "keep", emulator.url),
+                                          device_entry(2, "gone", emulator.url, "maillog")])
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: status_document(tmp_path).get("devices", {}).get("gone", {}).get("events_spooled", 0) > 50,
+                 what="events of the device to remove")
+    write_config(tmp_path, [device_entry(1, "keep", emulator.url)])
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for(lambda: any(r.get("event") == "config_reloaded" for r in run.records()), what="reload")
+    gone_dir = tmp_path / "spool" / "gone"
+    run.wait_for(lambda: not [n for n in os.listdir(gone_dir) if n.endswith(".ndjson")],
+                 what="the removed device's files delivered")
+    status, _ = run.stop()
+    assert status == 0
+    delivered = (tmp_path / "delivered" / "gone.ndjson").read_text().splitlines()
+    assert len(delivered) == len(set(delivered))
+    assert delivered == emulator.sent_lines("maillog")[:len(delivered)]
+    assert len(delivered) == status_document(tmp_path)["devices"].get("gone", {}).get(
+        "events_spooled", len(delivered))
+
+
+def test_reload_spool_directory_change_rejected(tmp_path, emulator):
+    config_file = write_config(tmp_path, [device_entry(1, "pod", emulator.url)])
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: status_document(tmp_path).get("outputs", {}).get("archive", {})
+                 .get("events_delivered", 0) > 100, what="delivery")
+    config_file.write_text(config_file.read_text().replace(f"{tmp_path}/spool", f"{tmp_path}/spool2"))
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for(lambda: any(r.get("event") == "config_reload_failed" for r in run.records()), what="rejection")
+    failed = [r for r in run.records() if r.get("event") == "config_reload_failed"][-1]
+    before = status_document(tmp_path)["outputs"]["archive"]["events_delivered"]
+    run.wait_for(lambda: status_document(tmp_path)["outputs"]["archive"]["events_delivered"] > before + 100,
+                 what="delivery from the old spool goes on")
+    status, _ = run.stop()
+    assert failed["level"] == "ERROR"
+    assert "spool.directory cannot change on reload" in failed["message"]
+    assert not (tmp_path / "spool2").exists()
+    assert status == 0
+
+
+def test_reload_keeps_counters(tmp_path, emulator):
+    config_file = write_config(tmp_path, [device_entry(1, "pod", emulator.url)])
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: status_document(tmp_path).get("devices", {}).get("pod", {}).get("events_spooled", 0) > 200,
+                 what="events")
+    write_config(tmp_path, [device_entry(1, "pod", emulator.url, extra="replay_idle_seconds: 7")])
+    before = status_document(tmp_path)["devices"]["pod"]["events_spooled"]
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for(lambda: any(r.get("event") == "config_reloaded" for r in run.records()), what="reload")
+    time.sleep(1.5)
+    after = status_document(tmp_path)["devices"]["pod"]["events_spooled"]
+    run.stop()
+    assert after >= before
+
+
+def test_status_unhealthy_when_never_connected(tmp_path):
+    url = f"ws://127.0.0.1:{free_port()}/v1/stream"
+    config_file = write_config(tmp_path, [device_entry(1, "pod", url)], metrics_port=free_port())
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: status_document(tmp_path).get("devices", {}).get("pod", {}).get("reconnects", 0) >= 2,
+                 what="failed reconnects")
+    time.sleep(1.2)
+    result = subprocess.run([sys.executable, "-m", "podspool", "status", "-c", str(config_file)],
+                            capture_output=True, text=True, timeout=30, env=dict(os.environ))
+    run.stop()
+    assert result.returncode == 1
+    assert "device pod has had no session for" in result.stderr
+
+
+def test_status_damaged_file(tmp_path):
+    config_file = write_config(tmp_path, [device_entry(1, "pod", "ws://127.0.0.1:1/v1/stream")])
+    (tmp_path / "state").mkdir()
+    for content in ["{", "[]", '{"updated_epoch": "soon", "devices": {}, "outputs": {}}',
+                    '{"updated_epoch": 1, "devices": {"pod": 3}, "outputs": {}}']:
+        (tmp_path / "state" / "status.json").write_text(content)
+        result = subprocess.run([sys.executable, "-m", "podspool", "status", "-c", str(config_file)],
+                                capture_output=True, text=True, timeout=30, env=dict(os.environ))
+        assert result.returncode == 1, content
+        assert "Traceback" not in result.stderr, content
+        assert "status file" in result.stderr, content
+
+
+def test_run_metrics_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config_file = write_config(tmp_path, [device_entry(1, "pod", "ws://127.0.0.1:1/v1/stream")],
+                                   metrics_port=port)
+        result = subprocess.run([sys.executable, "-m", "podspool", "run", "-c", str(config_file)],
+                                capture_output=True, text=True, timeout=30,
+                                env=dict(os.environ, POD_TOKEN=SENTINEL))
+    assert result.returncode == 1
+    assert f"metrics.listen 127.0.0.1:{port} cannot be used" in result.stderr
+    assert "Traceback" not in result.stderr
