@@ -90,11 +90,11 @@ def setup_logging(fmt=None, level="info", debug=False):
 
 
 def command_check(args):
-    from podspool import config, service
+    from podspool import config, overview
 
     settings = config.load(args.config)
-    service.check_directories(settings)
-    print(service.describe(settings))
+    overview.check_directories(settings)
+    print(overview.describe(settings))
     return EXIT_OK
 
 

@@ -65,6 +65,7 @@ class DeviceConnection:
         self._run_thread = None
         self._close_lock = threading.Lock()
         self._last_save = self._last_commit = time.monotonic()
+        self._state_errors = 0
         self._thread = None
         self._extra = {"device": settings.name, "cluster": settings.cluster}
 
@@ -249,18 +250,40 @@ class DeviceConnection:
                 self._finish_replay("no event for %g s" % self.settings.replay_idle_seconds, now)
 
     def _save(self, now, *, durable, clean_stop=False):
-        self.sink.commit(now, durable=durable, clean_stop=clean_stop, last_connected=self._live_seen)
+        # A state that cannot be saved (a full disk) is safe to retry later: the checkpoint
+        # does not advance, and the spool keeps the files whose keys are not saved yet.
+        try:
+            self.sink.commit(now, durable=durable, clean_stop=clean_stop, last_connected=self._live_seen)
+        except OSError as exc:
+            self._state_errors += 1
+            if self._state_errors == 1 or self._state_errors % 60 == 0:
+                log.warning("device %s: saving the state failed (%s), will try again; %d failures so far",
+                            self.settings.name, exc.strerror or type(exc).__name__, self._state_errors,
+                            extra=self._fields("state_save_failed", error=exc.strerror or type(exc).__name__))
+            self._last_save = time.monotonic()
+            return
+        self._state_errors = 0
         self._last_save = time.monotonic()
         if durable:
             self._last_commit = self._last_save
 
     def _retry_in_hand(self, now):
-        """Write the events a full spool rejected; between tries keep pinging and wait a second."""
+        """Write the events a full spool rejected; between tries keep pinging and wait a second.
+
+        The active file still rotates and the keys of what is already spooled
+        are still saved: outputs may remove delivered files only once the device
+        has saved past them, so a device that stopped saving while paused would
+        keep the cap full for good.
+        """
         session = self.session
         if self.sink.flush(now):
             if session is not None:
                 session.ws.last_received = session.last_frame = time.monotonic()
             return
+        # Rotation goes on too: a paused device's active file must close so outputs can
+        # deliver and remove it, or a cap the active file fills would never clear.
+        if self.writer.tick() and self.sink.has_pending():
+            self._save(now, durable=True)
         if session is not None and time.monotonic() - session.last_ping >= self.settings.ping_interval_seconds:
             try:
                 session.ws.ping()

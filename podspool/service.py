@@ -1,78 +1,35 @@
-"""The service: start-up checks, the summary of the configuration, and running everything."""
+"""The service: start devices and outputs, keep the status file and metrics, stop in order."""
 
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 
 from podspool import __version__
 from podspool.components import DeviceRunner, OutputRunner
+from podspool.errors import PodspoolError
+from podspool.fsutil import read_json
 from podspool.lock import DirectoryLock
-from podspool.spool_files import list_closed
-from podspool.stats import DeviceStats, OutputStats
-from podspool.errors import ConfigError, PodspoolError
-from podspool.fsutil import ensure_dir
 from podspool.metrics import MetricsServer
 from podspool.notify import Notifier
-from podspool.session import is_cleartext_remote
+from podspool.overview import check_directories, summary_line, warn_unrouted_spools
+from podspool.reload import STOP_DEVICES_SECONDS, STOP_OUTPUT_SECONDS, ReloadMixin
+from podspool.state import STATE_FILE
+from podspool.stats import DeviceStats, OutputStats
 from podspool.status import StatusBook
 
 log = logging.getLogger(__name__)
 
-# Stop budget: the three phases add up to 9 s, inside the unit's TimeoutStopSec and the
-# documented 10 s.
-STOP_DEVICES_SECONDS = 3.0
+# Stop budget: devices, the last pass and the outputs get 3 s each, 9 s in all, inside
+# the unit's TimeoutStopSec and the documented 10 s.
 LAST_PASS_SECONDS = 3.0
-STOP_OUTPUT_SECONDS = 3.0
+# Delivered files are removed when a shipper finishes them and, because a device may save
+# its position later, again this often.
+RETENTION_SECONDS = 5.0
 
 
-def check_directories(settings):
-    """Create the spool and state directories when missing and prove they are writable."""
-    for key, path in (("spool.directory", settings.spool.directory),
-                      ("state_directory", settings.state_directory)):
-        try:
-            ensure_dir(path)
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as exc:
-            raise ConfigError(
-                f"directory {path} cannot be created or written ({exc.strerror})",
-                file=settings.files[0] if settings.files else None, key=key,
-                fix="create it and give the service user write access, or choose another path",
-            ) from None
-
-
-def describe(settings):
-    """Return a plain-text summary of the configuration, without any secret."""
-    lines = ["configuration files:"]
-    lines += [f"  {path}" for path in settings.files]
-    lines.append(f"spool: {settings.spool.directory} (rotate {settings.spool.rotate_bytes} bytes or "
-                 f"{settings.spool.rotate_seconds:g} s, fsync {settings.spool.fsync}, "
-                 f"cap {settings.spool.max_bytes} bytes, compress {settings.spool.compress})")
-    lines.append(f"state: {settings.state_directory}")
-    lines.append(f"devices ({len(settings.devices)}):")
-    for device in settings.devices:
-        state = "enabled" if device.status else "disabled"
-        pipelines = ", ".join(device.pipelines) or "-"
-        lines.append(f"  {device.name} (id {device.id}): cluster {device.cluster}, type {device.type}, "
-                     f"endpoint {device.endpoint}, pipelines {pipelines}, {state}"
-                     + (", token decrypted" if device.secure else ""))
-    lines.append(f"outputs ({len(settings.outputs)}):")
-    for output in settings.outputs:
-        routed = ", ".join(output.devices) or "all devices"
-        lines.append(f"  {output.name}: type {output.type}, devices {routed}")
-    lines.append(f"pipelines ({len(settings.pipelines)}):")
-    for name in sorted(settings.pipelines):
-        lines.append(f"  {name}")
-    for device in settings.devices:
-        if is_cleartext_remote(device.endpoint):
-            lines.append(f"warning: device {device.name} uses unencrypted ws:// to a host that is not loopback")
-    return "\n".join(lines)
-
-
-class Service:
+class Service(ReloadMixin):
     """Own the devices, outputs, status file, metrics and systemd notifications of one run.
 
     Signal handlers only record the signal; `run()` on the main thread does
@@ -169,7 +126,7 @@ class Service:
         self.outputs[output.name] = runner.start()
 
     def on_file_done(self, device, closed_file):
-        """Remove CLOSED_FILE of DEVICE once every output that routes DEVICE has delivered it."""
+        """Remove the delivered closed files of DEVICE (CLOSED_FILE is the one just finished, or None)."""
         from podspool.shipper import routed_devices
         from podspool.spool_reader import OutputProgress, remove_delivered
 
@@ -187,7 +144,17 @@ class Service:
                     progresses.append(runner.shipper.progress)
                 else:
                     progresses.append(OutputProgress(settings.state_directory, output.name))
-            return remove_delivered(settings.spool.directory, device, progresses, capacity=self.capacity)
+            return remove_delivered(settings.spool.directory, device, progresses, capacity=self.capacity,
+                                    keep_after=saved_position(settings.state_directory, device))
+
+    def retain_all(self):
+        """Remove delivered files of every routed device; the device's saved position may have moved."""
+        for device in {device.name for device in self.routing_devices}:
+            try:
+                self.on_file_done(device, None)
+            except OSError as exc:
+                log.warning("removing delivered spool files of device %s failed: %s", device, exc.strerror,
+                            extra={"device": device})
 
     def snapshot(self):
         now = time.time()
@@ -217,12 +184,15 @@ class Service:
 
     def run(self):
         """Serve until a stop signal; return the exit status."""
-        next_status = next_watchdog = 0.0
+        next_status = next_watchdog = next_retention = 0.0
         while not self.stop_requests:
             now = time.monotonic()
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()
+            if now >= next_retention:
+                self.retain_all()
+                next_retention = now + RETENTION_SECONDS
             if now >= next_status:
                 self.write_status()
                 self.notifier.status(self.status_text())
@@ -255,6 +225,7 @@ class Service:
             self.wakeup.wait(0.2)
         for runner in self.outputs.values():
             runner.stop(STOP_OUTPUT_SECONDS)
+        self.retain_all()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.write_status()
@@ -277,140 +248,19 @@ class Service:
         log.warning("second stop signal: stopping at once", extra={"event": "stopped"})
         return 1
 
-    def reload(self):
-        """Apply a new configuration: restart what changed, keep what did not."""
-        from podspool import config
+def saved_position(state_directory, device):
+    """Return the spool position (sequence, offset) up to which DEVICE saved its dedup keys.
 
-        self.notifier.reloading()
-        old = self.settings
-        try:
-            new = config.load(self.config_file)
-            moved = [key for key, before, after in (
-                ("spool.directory", old.spool.directory, new.spool.directory),
-                ("state_directory", old.state_directory, new.state_directory)) if before != after]
-            if moved:
-                # The outputs would leave behind the files already in the old directories.
-                raise ConfigError(f"{' and '.join(moved)} cannot change on reload; "
-                                  "restart the service to move it")
-            check_directories(new)
-        except PodspoolError as exc:
-            log.error("configuration reload failed, keeping the running configuration: %s", exc,
-                      extra={"event": "config_reload_failed", "error": str(exc)})
-            self.notifier.ready(self.status_text())
-            return False
-        self.settings = new
-        spool_changed = old.spool != new.spool
-        self._retire_removed_devices(old, new)
-        changed = self._reload_devices(old, new, spool_changed)
-        changed += self._reload_outputs(old, new, spool_changed)
-        if old.metrics != new.metrics:
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
-                self.metrics_server = None
-            try:
-                self._start_metrics()
-                changed.append("metrics restarted")
-            except PodspoolError as exc:
-                log.error("metrics listener failed to start after the reload: %s", exc,
-                          extra={"event": "config_reload_failed", "error": str(exc)})
-                changed.append("metrics failed to start")
-        log.info("configuration reloaded: %s", ", ".join(changed) or "nothing changed",
-                 extra={"event": "config_reloaded", "changes": changed})
-        self.notifier.ready(self.status_text())
-        return True
-
-    def _reload_devices(self, old, new, spool_changed):
-        old_devices = {device.name: device for device in old.devices}
-        new_devices = {device.name: device for device in new.devices if device.status}
-
-        def unchanged(name):
-            return (new_devices[name] == old_devices.get(name) and not spool_changed
-                    and pipelines_equal(old, new, new_devices[name].pipelines))
-
-        def stop(runner):
-            runner.request_stop()
-            runner.join(STOP_DEVICES_SECONDS)
-            runner.close()
-
-        return swap("device", self.devices, new_devices, unchanged, stop, self._start_device)
-
-    def _retire_removed_devices(self, old, new):
-        """Keep routing removed or disabled devices while their spool holds closed files."""
-        configured = {device.name for device in new.devices}
-        for device in old.devices:
-            if device.name not in configured and list_closed(old.spool.directory, device.name):
-                self.retired_devices[device.name] = device
-        for name in list(self.retired_devices):
-            if name in configured or not list_closed(new.spool.directory, name):
-                del self.retired_devices[name]
-
-    def _reload_outputs(self, old, new, spool_changed):
-        old_outputs = {output.name: output for output in old.outputs}
-        new_outputs = {output.name: output for output in new.outputs}
-        # Outputs restart when routing or the directories they read change.
-        devices_changed = old.devices != new.devices or spool_changed
-
-        def unchanged(name):
-            return new_outputs[name] == old_outputs.get(name) and not devices_changed
-
-        return swap("output", self.outputs, new_outputs, unchanged,
-                    lambda runner: runner.stop(STOP_OUTPUT_SECONDS), self._start_output)
-
-
-def swap(kind, running, wanted, unchanged, stop, start):
-    """Stop the RUNNING entries that are gone or changed, start the WANTED ones not running.
-
-    Returns the list of changes as text, for the config_reloaded log line. A
-    start that fails is logged and the others go on: one bad entry must not
-    take the service down.
+    Spool files after it may hold events whose keys exist only in the spool,
+    so they must stay until the device saves past them. (0, 0), which keeps
+    every file, when the device has saved no position yet.
     """
-    changes = []
-    for name in list(running):
-        if name not in wanted or not unchanged(name):
-            stop(running.pop(name))
-            changes.append(f"{kind} {name} stopped")
-    for name, settings in wanted.items():
-        if name not in running:
-            try:
-                start(settings)
-            except Exception as exc:  # noqa: BLE001 - logged, the rest of the reload goes on
-                log.exception("%s %s failed to start after the reload: %s", kind, name, exc,
-                              extra={kind: name, "event": "config_reload_failed", "error": str(exc)})
-                changes.append(f"{kind} {name} failed to start")
-                continue
-            changes.append(f"{kind} {name} started")
-    return changes
-
-
-def warn_unrouted_spools(settings):
-    """Log the spool directories of devices no longer configured that still hold closed files."""
-    configured = {device.name for device in settings.devices}
+    path = os.path.join(state_directory, "devices", device, STATE_FILE)
     try:
-        names = sorted(os.listdir(settings.spool.directory))
-    except OSError:
-        return
-    for name in names:
-        if name in configured or name.startswith("."):
-            continue
-        left = list_closed(settings.spool.directory, name)
-        if left:
-            log.warning("the spool of %s, a device no longer configured, holds %d closed files that no "
-                        "output will ship; configure the device again to ship them, or remove them",
-                        name, len(left), extra={"device": name})
-
-
-def pipelines_equal(old, new, names):
-    """Tell whether the pipelines NAMES are defined the same way in both configurations."""
-    return all(old.pipelines.get(name) == new.pipelines.get(name) for name in names)
-
-
-def summary_line(settings):
-    """Return the effective settings in one line, without secrets."""
-    devices = ", ".join(f"{d.name}({d.type}{'' if d.status else ', disabled'})" for d in settings.devices)
-    outputs = ", ".join(f"{o.name}({o.type})" for o in settings.outputs)
-    return (f"config files {', '.join(settings.files)}; spool {settings.spool.directory} "
-            f"(fsync {settings.spool.fsync}, cap {settings.spool.max_bytes} bytes); "
-            f"state {settings.state_directory}; devices [{devices}]; outputs [{outputs}]")
+        position = (read_json(path, default={}) or {}).get("position")
+    except (OSError, ValueError):
+        return (0, 0)
+    return tuple(position) if position else (0, 0)
 
 
 def run(config_file, settings):

@@ -84,18 +84,34 @@ class OutputProgress:
                 self._save()
 
 
-def remove_delivered(spool_root, device, progresses, *, capacity=None):
+def holds_lines_after(closed, position):
+    """Tell whether CLOSED may hold lines written after POSITION (sequence, offset)."""
+    sequence, offset = position
+    if closed.sequence != sequence:
+        return closed.sequence > sequence
+    # A compressed file's size is not its uncompressed length, so it counts as holding more.
+    compressed = closed.name.endswith((".gz", ".zst"))
+    return compressed or closed.size > offset
+
+
+def remove_delivered(spool_root, device, progresses, *, capacity=None, keep_after=None):
     """Remove the closed files of DEVICE that every progress in PROGRESSES marks done; return their paths.
 
     With no progresses (no output routes the device) nothing is removed: the
     files stay for other tools, which remove them when done. CAPACITY, when
-    given, counts the freed bytes at once.
+    given, counts the freed bytes at once. KEEP_AFTER, a spool position
+    (sequence, offset), keeps the files that hold lines after it even when
+    they are delivered: the device has saved the dedup keys of the events
+    only up to that position, and after a crash it rebuilds the rest of the
+    keys from these files.
     """
     if not progresses:
         return []
     removed = []
     freed = 0
     for closed in list_closed(spool_root, device):
+        if keep_after is not None and holds_lines_after(closed, keep_after):
+            continue
         if not all(progress.is_done(device, closed.name) for progress in progresses):
             continue
         try:

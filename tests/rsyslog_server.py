@@ -9,7 +9,6 @@ tests check. Certificates come from a throwaway CA made with `cryptography`.
 import datetime
 import ipaddress
 import json
-import os
 import signal
 import socket
 import subprocess

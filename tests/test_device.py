@@ -19,7 +19,6 @@ import websocket
 from podspool.device import DeviceConnection
 from podspool.emulator import Fault
 from podspool.session import (
-    ConnectError,
     HandshakeError,
     build_url,
     classify_connect_error,

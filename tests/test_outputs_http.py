@@ -1,12 +1,10 @@
 import datetime
-import gzip
 import json
 import logging
 import threading
 from pathlib import Path
 
 import pytest
-import requests
 import responses
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

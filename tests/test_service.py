@@ -442,3 +442,43 @@ def test_run_metrics_port_in_use(tmp_path):
     assert result.returncode == 1
     assert f"metrics.listen 127.0.0.1:{port} cannot be used" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_while_paused_by_cap_no_duplicates(tmp_path):
+    """Kill the service while the spool cap pauses it; after restarts, each event is delivered once.
+
+    A file that the outputs delivered and removed while the device was paused
+    must not come back through the replay after the crash, so the spool keeps
+    delivered files until the device has saved the dedup keys of their events.
+    """
+    server = Emulator(host="127.0.0.1", port=0, token=SENTINEL, cluster="example_hosted",
+                      rate=1500, count=6000).start()
+    batch = 50
+    try:
+        config_file = write_config(tmp_path, [device_entry(1, "pod", server.url)])
+        text = config_file.read_text().replace("  rotate_seconds: 0.5\n",
+                                               "  rotate_seconds: 0.3\n  max_bytes: 1MiB\n")
+        config_file.write_text(text.replace("    type: file\n", f"    type: file\n    batch_max_events: {batch}\n"))
+        kills = 0
+        for _ in range(4):
+            run = Run(config_file, tmp_path)
+            run.wait_for(lambda: any(r.get("event") == "spool_paused" for r in run.records()), timeout=30,
+                         what="the spool cap pausing the device")
+            time.sleep(0.7)
+            run.process.kill()
+            run.process.wait(10)
+            kills += 1
+        run = Run(config_file, tmp_path)
+        delivered_file = tmp_path / "delivered" / "pod.ndjson"
+        run.wait_for(lambda: delivered_file.exists() and len({line for line in delivered_file.read_text()
+                                                              .splitlines()}) >= 6000,
+                     timeout=120, what="all 6000 events delivered")
+        status, _ = run.stop()
+    finally:
+        server.stop()
+    delivered = delivered_file.read_text().splitlines()
+    sent = set(server.sent_lines("message"))
+    assert status == 0
+    assert set(delivered) == sent
+    assert len(delivered) - len(sent) <= kills * batch, f"{len(delivered) - len(sent)} repeated events"

@@ -1,11 +1,9 @@
-import gzip
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +15,6 @@ from podspool.events import dedup_key, event_time
 from podspool.outputs.base import Destination, PermanentError, SendResult, TransientError
 from podspool.outputs.elasticsearch import document_id
 from podspool.outputs.registry import build_destination
-from podspool.outputs.splunk import hec_time
 from podspool.settings import DeviceSettings, OutputSettings, SpoolSettings
 from podspool.shipper import FailureLog, Shipper, routed_devices
 from podspool.stats import OutputStats

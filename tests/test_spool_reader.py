@@ -227,3 +227,27 @@ def test_remove_delivered_without_outputs(tmp_path):
     write_file(tmp_path, range(3))
     assert remove_delivered(root, DEVICE, []) == []
     assert len(list_closed(root, DEVICE)) == 1
+
+
+def test_remove_delivered_keeps_files_after_saved_position(tmp_path):
+    from podspool.spool_reader import OutputProgress, remove_delivered
+    from podspool.spool_files import list_closed
+    root = tmp_path / "spool"
+    device_dir = root / "dev"
+    device_dir.mkdir(parents=True)
+    names = ["000000000001-20250102T103000Z.ndjson", "000000000002-20250102T103100Z.ndjson",
+             "000000000003-20250102T103200Z.ndjson"]
+    for name in names:
+        (device_dir / name).write_bytes(b'{"a":1}\n{"a":2}\n')
+    progress = OutputProgress(str(tmp_path / "state"), "out")
+    for name in names:
+        progress.mark_done("dev", name)
+
+    removed = remove_delivered(str(root), "dev", [progress], keep_after=(2, 8))
+    left = [closed.name for closed in list_closed(str(root), "dev")]
+    assert [os.path.basename(path) for path in removed] == names[:1]
+    assert left == names[1:]
+
+    removed = remove_delivered(str(root), "dev", [progress], keep_after=(2, 16))
+    assert [os.path.basename(path) for path in removed] == names[1:2]
+    assert [closed.name for closed in list_closed(str(root), "dev")] == names[2:]
