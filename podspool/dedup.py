@@ -19,8 +19,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 BUCKET_MICROS = 60 * MICROS
 EVENT_TIME = 0  # the key ages by its event time
 RECEIVE_TIME = 1  # the key ages by the time it was received
-# Bounds the memory of the hour cache; PoD time stamps repeat a few hours and offsets.
+# Bound the memory of the caches. PoD time stamps repeat a few hours and offsets,
+# and a burst or a replay sends many events per second.
 HOUR_CACHE_MAX = 4096
+SECOND_CACHE_MAX = 4096
 
 
 def key_digest(key):
@@ -32,29 +34,48 @@ class TimestampParser:
     """Convert PoD `ts` strings to integer microseconds since the epoch, as instants.
 
     The common forms `2024-05-22T12:10:03.058340-0700` and `...-07:00` share a
-    cached UTC start of their local hour, so most calls only read minutes,
-    seconds and microseconds. Other forms go through podspool.events.parse_ts.
+    cached UTC start of their second, computed from a cached start of the
+    hour, so most calls only read the microseconds. Other forms go through
+    podspool.events.parse_ts.
     Integers keep microsecond instants exact, where floats would round them.
     """
 
     def __init__(self):
         self._hours = {}
+        self._seconds = {}
 
     def micros(self, ts):
         """Return TS as microseconds since the epoch, or None when it is missing or unreadable."""
         if not isinstance(ts, str):
             return None
-        if len(ts) in (31, 32) and ts[13] == ":" and ts[16] == ":" and ts[19] == ".":
-            hour = self._hour_micros(ts[:13], ts[26:])
-            try:
-                minutes = int(ts[14:16])
-                seconds = int(ts[17:19])
-                fraction = int(ts[20:26])
-            except ValueError:
-                hour = None
-            if hour is not None and minutes < 60 and seconds < 60 and ts[20:26].isdigit():
-                return hour + minutes * 60 * MICROS + seconds * MICROS + fraction
+        if len(ts) in (31, 32) and ts[19] == ".":
+            fraction = ts[20:26]
+            if fraction.isascii() and fraction.isdigit():
+                # Events of one second share the part of TS without the fraction.
+                key = ts[:19] + ts[26:]
+                second = self._seconds.get(key)
+                if second is None:
+                    second = self._second_micros(ts)
+                    if second is not None:
+                        if len(self._seconds) >= SECOND_CACHE_MAX:
+                            self._seconds.clear()
+                        self._seconds[key] = second
+                if second is not None:
+                    return second + int(fraction)
         return self._slow_micros(ts)
+
+    def _second_micros(self, ts):
+        """Return the start of the second of the common form TS in microseconds, or None."""
+        if ts[13] != ":" or ts[16] != ":":
+            return None
+        hour = self._hour_micros(ts[:13], ts[26:])
+        minutes, seconds = ts[14:16], ts[17:19]
+        if hour is None or not (minutes + seconds).isascii() or not (minutes + seconds).isdigit():
+            return None
+        minutes, seconds = int(minutes), int(seconds)
+        if minutes >= 60 or seconds >= 60:
+            return None
+        return hour + minutes * 60 * MICROS + seconds * MICROS
 
     def _hour_micros(self, prefix, offset):
         cache_key = prefix + offset
@@ -103,20 +124,35 @@ class DedupWindow:
     def __contains__(self, digest):
         return digest in self._members
 
+    @property
+    def members(self):
+        """The set of digests in the window, for fast membership tests. Callers must not change it."""
+        return self._members
+
     def add(self, digest, micros, kind=EVENT_TIME):
         """Record DIGEST aged by MICROS of KIND; return False when it was already there."""
         if digest in self._members:
             return False
-        self._members.add(digest)
-        bucket = micros // BUCKET_MICROS
-        entries = self._buckets[kind].get(bucket)
-        if entries is None:
-            self._buckets[kind][bucket] = [digest]
-        else:
-            entries.append(digest)
-        if kind == EVENT_TIME and (self.newest_event_micros is None or micros > self.newest_event_micros):
-            self.newest_event_micros = micros
+        self.add_many(((digest, micros, kind),))
         return True
+
+    def add_many(self, entries):
+        """Record each (digest, micros, kind) of ENTRIES. A digest already in the window keeps its entry."""
+        members, buckets = self._members, self._buckets
+        newest = self.newest_event_micros
+        for digest, micros, kind in entries:
+            if digest in members:
+                continue
+            members.add(digest)
+            bucket = micros // BUCKET_MICROS
+            digests = buckets[kind].get(bucket)
+            if digests is None:
+                buckets[kind][bucket] = [digest]
+            else:
+                digests.append(digest)
+            if kind == EVENT_TIME and (newest is None or micros > newest):
+                newest = micros
+        self.newest_event_micros = newest
 
     def prune(self, now_micros):
         """Drop the keys that fell out of the window; return how many were dropped."""

@@ -9,13 +9,14 @@ still lose.
 """
 
 import logging
+from itertools import starmap
 
 from podspool.dedup import EVENT_TIME, MICROS, RECEIVE_TIME, DedupWindow, TimestampParser, key_digest
 from podspool.errors import SpoolError
 from podspool.events import dedup_key, format_rfc3339
 from podspool.intake import DEAD_LETTER, EVENT, RateLimitedLog, parse_event
 from podspool.resume import from_epoch
-from podspool.state import DeviceStateStore
+from podspool.state import KEY_RECORD, DeviceStateStore
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class DeviceSink:
         self.window = DedupWindow(settings.dedup_window_seconds)
         self.store = DeviceStateStore(state_directory, settings.name, format_checkpoint=format_micros)
         self.in_hand = []  # items a full spool rejected, oldest first
-        self._pending_keys = []  # (digest, micros, kind) of written, not yet committed events
+        # Keys of written, not yet committed events, packed as key journal records. They take
+        # about a third of the memory of (digest, micros, kind) tuples, which matters at 50,000 events/s.
+        self._pending_keys = bytearray()
         self._pending_max = None  # newest event time among them, in microseconds
         self._newest_spooled = None
         self._extra = {"device": settings.name, "cluster": settings.cluster}
@@ -69,7 +72,7 @@ class DeviceSink:
         parser = TimestampParser()
         count = 0
         for line in self.writer.lines_after(position):
-            event, _, _ = parse_event(line, _NO_LIMIT)
+            event, _, _ = parse_event(line, _NO_LIMIT, keys_only=True)
             if event is None:
                 continue
             # NOTE: a line a pipeline changed yields the key of the changed event, which
@@ -113,38 +116,46 @@ class DeviceSink:
 
     def _write_run(self, items, start, now):
         """Write the run of events from START; return the index after it. Counts only after success."""
-        lines, accepted, seen = [], [], set()
+        members = self.window.members
+        receive_micros = int(now * MICROS)
+        lines, keys, seen = [], [], set()
         duplicates = 0
-        end = start
-        while end < len(items) and items[end].kind == EVENT:
+        end, count = start, len(items)
+        while end < count:
             item = items[end]
+            if item.kind != EVENT:
+                break
             end += 1
-            if item.digest in self.window or item.digest in seen:
+            digest = item.digest
+            if digest in members or digest in seen:
                 duplicates += 1
                 continue
-            seen.add(item.digest)
+            seen.add(digest)
             lines.append(item.line)
-            accepted.append(item)
+            kind = item.time_kind
+            keys.append((digest, item.micros if kind == EVENT_TIME else receive_micros, kind))
         if lines:
             self.writer.write_many(lines)
-        receive_micros = int(now * MICROS)
-        for item in accepted:
-            micros = item.micros if item.time_kind == EVENT_TIME else receive_micros
-            self._remember(item.digest, micros, item.time_kind)
+            self._remember_many(keys)
         self.stats.events_spooled += len(lines)
         self.stats.duplicates_dropped += duplicates
-        if accepted and self._newest_spooled is not None:
+        if lines and self._newest_spooled is not None:
             self.stats.last_event_time = format_micros(self._newest_spooled)
         return end
 
     def _remember(self, digest, micros, kind):
-        self.window.add(digest, micros, kind)
-        self._pending_keys.append((digest, micros, kind))
-        if kind == EVENT_TIME:
-            if self._pending_max is None or micros > self._pending_max:
-                self._pending_max = micros
-            if self._newest_spooled is None or micros > self._newest_spooled:
-                self._newest_spooled = micros
+        self._remember_many([(digest, micros, kind)])
+
+    def _remember_many(self, keys):
+        """Add KEYS, (digest, micros, kind) tuples, to the window and to the keys the next commit saves."""
+        self.window.add_many(keys)
+        self._pending_keys += b"".join(starmap(KEY_RECORD.pack, keys))
+        newest = max((micros for _, micros, kind in keys if kind == EVENT_TIME), default=None)
+        if newest is not None:
+            if self._pending_max is None or newest > self._pending_max:
+                self._pending_max = newest
+            if self._newest_spooled is None or newest > self._newest_spooled:
+                self._newest_spooled = newest
 
     def _dead_letter(self, item, now):
         self.writer.dead_letter_frame(item.reason, item.raw, now)
@@ -173,8 +184,10 @@ class DeviceSink:
                                               or self._pending_max > state.checkpoint_micros):
             state.checkpoint_micros = self._pending_max
         state.position = tuple(self.writer.durable_position)
-        self.store.commit(self._pending_keys, fsync=fsync)
-        self._pending_keys = []
+        # A bytes copy of records packed already, so the bytearray stays resizable even
+        # if the commit fails midway.
+        self.store.commit(bytes(self._pending_keys), fsync=fsync)
+        self._pending_keys = bytearray()
         self._pending_max = None
         self.window.prune(int(now * MICROS))
         if self.store.needs_compaction(self.window):

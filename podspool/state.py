@@ -109,12 +109,17 @@ class DeviceStateStore:
                 os.unlink(os.path.join(self.directory, name))
 
     def commit(self, new_keys, *, fsync=True):
-        """Append NEW_KEYS ((digest, micros, kind) tuples), then save state.json.
+        """Append NEW_KEYS, then save state.json.
 
-        Call it only when everything the keys stand for is durable in the spool.
+        NEW_KEYS is bytes of packed KEY_RECORDs, or (digest, micros, kind)
+        tuples. Call it only when everything the keys stand for is durable in
+        the spool.
         """
         if new_keys:
-            data = b"".join(KEY_RECORD.pack(*entry) for entry in new_keys)
+            if isinstance(new_keys, (bytes, bytearray)):
+                data = bytes(new_keys)
+            else:
+                data = b"".join(KEY_RECORD.pack(*entry) for entry in new_keys)
             view = memoryview(data)
             while view:
                 view = view[os.write(self._journal_fd, view):]

@@ -51,24 +51,58 @@ def read_frames(ws):
 
     After the first frame only frames already buffered are taken, so a
     busy stream is written in batches and a quiet one without delay.
+    Frames come from websocket-client's frame parser. A whole text or binary
+    frame, the usual case, is taken directly; everything else goes through
+    the steps of WebSocket.recv_data_frame (fragments, ping, pong, close).
     """
     frames, size = [], 0
+    # NOTE: frame_buffer and cont_frame.recving_frames are websocket-client internals,
+    # present from 1.8 to 1.9.2 (the versions setup.cfg allows up to 2).
+    next_frame = ws.frame_buffer.recv_frame
+    fragments = ws.cont_frame
     ws.read_deadline = time.monotonic() + READ_SLICE_SECONDS
     try:
         while len(frames) < BATCH_MAX_FRAMES and size < BATCH_MAX_BYTES:
-            opcode, data = ws.recv_data(control_frame=True)
+            frame = next_frame()
             ws.buffered_only = True
-            if opcode in DATA_OPCODES:
-                frames.append(data)
-                size += len(data)
-            elif opcode == ABNF.OPCODE_CLOSE:
-                return frames, data
+            if frame.fin and frame.opcode in DATA_OPCODES and not fragments.recving_frames:
+                data = frame.data
+            else:
+                data = _handle_other_frame(ws, frame)
+                if frame.opcode == ABNF.OPCODE_CLOSE:
+                    return frames, data
+                if data is None:
+                    continue
+            frames.append(data)
+            size += len(data)
     except websocket.WebSocketTimeoutException:
         pass  # the slice is over; a partly read frame stays in websocket-client's buffer
     finally:
         ws.buffered_only = False
         ws.read_deadline = None
     return frames, None
+
+
+def _handle_other_frame(ws, frame):
+    """Handle FRAME as WebSocket.recv_data_frame does.
+
+    Return the payload of a close frame or of the last fragment of a message, else None.
+    """
+    opcode = frame.opcode
+    if opcode in DATA_OPCODES or opcode == ABNF.OPCODE_CONT:
+        ws.cont_frame.validate(frame)
+        ws.cont_frame.add(frame)
+        if ws.cont_frame.is_fire(frame):
+            return ws.cont_frame.extract(frame)[1].data
+        return None
+    if opcode == ABNF.OPCODE_CLOSE:
+        ws.send_close()
+        return frame.data
+    if opcode == ABNF.OPCODE_PING:
+        if len(frame.data) >= 126:
+            raise websocket.WebSocketProtocolException("Ping message is too long")
+        ws.pong(frame.data)
+    return None
 
 
 def drain_for_close(ws):

@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
@@ -374,15 +375,13 @@ class TrickleServer:
         accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         connection.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        connection.setblocking(False)
         frame = b"\x81\x7f" + len(self.payload).to_bytes(8, "big") + self.payload
         for start in range(0, len(frame), self.piece_bytes):
+            # Blocking sendall: a non-blocking one can stop half-way when the client reads slowly.
             connection.sendall(frame[start:start + self.piece_bytes])
             time.sleep(self.interval_seconds)
-            try:
+            if select.select([connection], [], [], 0)[0]:
                 connection.recv(65536)  # discard client pings, so no pong is sent
-            except BlockingIOError:
-                pass
         self.done.wait(30)
 
     def close(self):
