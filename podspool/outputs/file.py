@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from podspool.fsutil import ensure_dir, fsync_dir, open_fd
 from podspool.outputs.base import Destination, SendResult, TransientError
+from podspool.spool_recovery import whole_lines_size
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +81,7 @@ class FileDestination(Destination):
         size = os.fstat(fd).st_size
         if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        block = 65536
-        end = size
-        while end > 0:
-            start = max(0, end - block)
-            chunk = os.pread(fd, end - start, start)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            end = start
-        else:
-            keep = 0
+        keep = whole_lines_size(fd, size)
         os.ftruncate(fd, keep)
         log.warning("output=%s truncated a partial last line of %s (%d bytes)",
                     self.settings.name, path, size - keep, extra={"output": self.settings.name})
