@@ -31,6 +31,9 @@ from podspool.stats import OutputStats
 
 log = logging.getLogger(__name__)
 
+DEAD_LETTER_LOG_LINES = 3
+DEAD_LETTER_LOG_WINDOW_SECONDS = 60.0
+
 RETRY_ON = (TransientError, requests.RequestException, OSError)
 # Failures of one kind in a row that are all logged. After these, one line per interval with a count.
 LOGGED_FAILURES = 3
@@ -114,6 +117,9 @@ class Shipper:
         self.stats = stats if stats is not None else OutputStats()
         self.on_file_done = on_file_done
         self.clock = clock
+        self._dead_letter_window_start = float("-inf")
+        self._dead_letter_lines = 0
+        self._dead_letter_suppressed = 0
         self.poll_seconds = poll_seconds
         if hasattr(destination, "stop_event"):
             # Destinations that wait (Splunk's ack polling) stop waiting on our stop.
@@ -370,6 +376,17 @@ class Shipper:
                                      now=self.clock())
         self.stats.events_rejected += len(entries)
         reason = entries[0][1]
-        log.warning("output=%s dead-lettered %d event(s) of device %s: %s", self.name, len(entries),
-                    device, reason,
-                    extra=self._log_extra(event="dead_lettered", device=device, count=len(entries), reason=reason))
+        # A batch split into single events would otherwise log one line per event: log the
+        # first few of each minute, then one line with the count of those not logged.
+        now = self.clock()
+        if now - self._dead_letter_window_start >= DEAD_LETTER_LOG_WINDOW_SECONDS:
+            self._dead_letter_window_start, self._dead_letter_lines = now, 0
+        self._dead_letter_lines += 1
+        if self._dead_letter_lines > DEAD_LETTER_LOG_LINES:
+            self._dead_letter_suppressed += len(entries)
+            return
+        suppressed, self._dead_letter_suppressed = self._dead_letter_suppressed, 0
+        log.warning("output=%s dead-lettered %d event(s) of device %s: %s%s", self.name, len(entries),
+                    device, reason, f" ({suppressed} more earlier, not logged)" if suppressed else "",
+                    extra=self._log_extra(event="dead_lettered", device=device, count=len(entries),
+                                          reason=reason, suppressed=suppressed))

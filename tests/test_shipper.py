@@ -503,3 +503,21 @@ def test_scan_reports_backlog_and_lag(tmp_path):
     assert shipper.stats.backlog_files == 1
     assert shipper.stats.backlog_bytes == closed.size
     assert shipper.stats.lag_seconds == 42.0
+
+
+def test_dead_letter_logs_rate_limited(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    now = [1000.0]
+    settings = output_settings("file", {"path": str(tmp_path / "out" / "{device}.ndjson")})
+    shipper = make_shipper(tmp_path, settings, clock=lambda: now[0])
+    for index in range(10):
+        shipper.dead_letter_events("dev", [({"guid": f"g{index}"}, "rejected", {"status": 400})])
+    now[0] += 61
+    shipper.dead_letter_events("dev", [({"guid": "late"}, "rejected", {"status": 400})])
+
+    records = [r for r in caplog.records if getattr(r, "event", None) == "dead_lettered"]
+    assert len(records) == 4
+    assert records[-1].suppressed == 7
+    assert "7 more earlier, not logged" in records[-1].getMessage()
+    assert shipper.stats.events_rejected == 11
+    assert len(dead_letters(tmp_path / "spool", "dev")) == 11
