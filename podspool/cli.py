@@ -8,6 +8,7 @@ import argparse
 import getpass
 import logging
 import os
+import signal
 import sys
 
 from podspool import __version__
@@ -128,12 +129,17 @@ def command_encrypt_token(args):
 
 
 def command_run(args):
+    # Record stop signals that arrive while the configuration loads, before the
+    # service installs its own handlers; without this they would kill the process.
+    early = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: early.append(number))
     from podspool import config, service
 
     settings = config.load(args.config)
     setup_logging(settings.log.format if not sys.stderr.isatty() else "text",
                   settings.log.level, args.debug)
-    return service.run(args.config, settings)
+    return service.run(args.config, settings, early_signals=early)
 
 
 def command_status(args):

@@ -67,7 +67,7 @@ class DeviceConnection:
         self._last_save = self._last_commit = time.monotonic()
         self._state_errors = 0
         self._thread = None
-        self._extra = {"device": settings.name, "cluster": settings.cluster}
+        self._extra = {"device": settings.name, "cluster": settings.cluster, "type": settings.type}
 
     def _fields(self, event, **fields):
         return dict(self._extra, event=event, **fields)

@@ -263,10 +263,15 @@ def saved_position(state_directory, device):
     return tuple(position) if position else (0, 0)
 
 
-def run(config_file, settings):
-    """Run the service in the foreground until SIGTERM or SIGINT; return the exit status."""
+def run(config_file, settings, early_signals=()):
+    """Run the service in the foreground until SIGTERM or SIGINT; return the exit status.
+
+    EARLY_SIGNALS lists stop signals that arrived before the service existed;
+    the service then starts and stops at once, cleanly.
+    """
     service = Service(config_file, settings)
     service.install_signal_handlers()
+    service.stop_requests += len(early_signals)
     try:
         service.start()
     except PodspoolError:

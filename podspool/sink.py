@@ -45,7 +45,7 @@ class DeviceSink:
         self._pending_keys = bytearray()
         self._pending_max = None  # newest event time among them, in microseconds
         self._newest_spooled = None
-        self._extra = {"device": settings.name, "cluster": settings.cluster}
+        self._extra = {"device": settings.name, "cluster": settings.cluster, "type": settings.type}
         self._dead_letter_log = RateLimitedLog(logger=log)
 
     @property

@@ -528,8 +528,11 @@ def test_reconnect_cycles_leave_resources_flat(make_emulator, sentinel_token, tm
     finally:
         for name in ("podspool", "websockets"):
             logging.getLogger(name).setLevel(logging.NOTSET)
-    assert after[0] - before[0] <= 2, f"open descriptors {before[0]} -> {after[0]}"
-    assert after[1] - before[1] <= 2, f"threads {before[1]} -> {after[1]}"
+    # The counts are process-wide, and other tests' servers may still be closing their
+    # sockets. A leak per reconnect would add about 250 between the two measurements, so
+    # a margin of 8 still catches it.
+    assert after[0] - before[0] <= 8, f"open descriptors {before[0]} -> {after[0]}"
+    assert after[1] - before[1] <= 8, f"threads {before[1]} -> {after[1]}"
     assert after[2] - before[2] < 8 * 1024, f"RSS {before[2]} KiB -> {after[2]} KiB"
     assert harness.stats.reconnects >= 299
 

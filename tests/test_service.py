@@ -62,6 +62,20 @@ def write_config(directory, devices, metrics_port=None, outputs=True):
     return path
 
 
+RUNNING = []
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_runs():
+    """Kill the `podspool run` processes a failed test left behind."""
+    yield
+    while RUNNING:
+        process = RUNNING.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
 class Run:
     """A `podspool run` subprocess whose stderr is collected in a file."""
 
@@ -74,6 +88,7 @@ class Run:
             [sys.executable, "-m", "podspool", "run", "-c", str(config_file)],
             stdout=subprocess.DEVNULL, stderr=self.stderr, env=env,
         )
+        RUNNING.append(self.process)
 
     def records(self):
         records = []
@@ -482,3 +497,27 @@ def test_sigkill_while_paused_by_cap_no_duplicates(tmp_path):
     assert status == 0
     assert set(delivered) == sent
     assert len(delivered) - len(sent) <= kills * batch, f"{len(delivered) - len(sent)} repeated events"
+
+
+def test_run_log_fields_and_text_format(tmp_path, emulator):
+    config_file = write_config(tmp_path, [device_entry(1, "pod", emulator.url)])
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: any(r.get("event") == "connected" for r in run.records()), what="connected")
+    run.stop()
+    connected = [r for r in run.records() if r.get("event") == "connected"][0]
+    assert connected["device"] == "pod"
+    assert connected["cluster"] == "example_hosted"
+    assert connected["type"] == "message"
+    assert connected["level"] == "INFO"
+    delivered = [r for r in run.records() if r.get("output") == "archive"]
+    assert delivered
+
+    config_file.write_text(config_file.read_text().replace("log: {format: json, level: info}",
+                                                           "log: {format: text, level: info}"))
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: "device pod: connected" in run.stderr_path.read_text(), what="text log line")
+    run.stop()
+    lines = run.stderr_path.read_text().splitlines()
+    assert lines
+    assert not any(line.startswith("{") for line in lines)
+    assert any(" INFO podspool.device: device pod: connected" in line for line in lines)
