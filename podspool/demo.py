@@ -1,9 +1,9 @@
 """`podspool demo`: the whole product on this machine with the bundled sample events.
 
-It starts the emulator on a free loopback port, writes a configuration with
-one device per log type and a `file` output into the demo directory, runs the
-service in this process, shows a progress line, and stops once every sample
-event is delivered (or on Ctrl-C).
+It starts the emulator on a free loopback port and writes a configuration
+with one device per log type and a `file` output into the demo directory.
+Then it runs the service in this process and shows a progress line until
+every sample event is delivered, or until Ctrl-C.
 """
 
 import importlib.resources

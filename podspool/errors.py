@@ -30,7 +30,7 @@ class UsageError(PodspoolError):
 
 
 class SecretError(ConfigError):
-    """A secret that cannot be resolved or decrypted; the text never holds the secret."""
+    """A secret that cannot be resolved or decrypted; the message never contains the secret."""
 
 
 class SpoolError(PodspoolError):
