@@ -182,6 +182,11 @@ class Shipper:
         elif isinstance(exc, PodspoolError):
             # A spool or state write failed (a full disk, for example); the file is shipped again later.
             log.error("output=%s iteration failed: %s", self.name, exc, extra=self._log_extra(error=str(exc)))
+        elif isinstance(exc, OSError) and exc.errno is not None:
+            # Saving the progress failed (a full or read-only state directory); the batch is
+            # confirmed again after the next send, so at most that batch repeats.
+            log.error("output=%s saving the progress failed: %s; retrying", self.name,
+                      exc.strerror or type(exc).__name__, extra=self._log_extra(error=exc.strerror))
         else:
             log.exception("output=%s iteration failed unexpectedly", self.name, extra=self._log_extra())
 

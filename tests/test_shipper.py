@@ -521,3 +521,27 @@ def test_dead_letter_logs_rate_limited(tmp_path, caplog):
     assert "7 more earlier, not logged" in records[-1].getMessage()
     assert shipper.stats.events_rejected == 11
     assert len(dead_letters(tmp_path / "spool", "dev")) == 11
+
+
+def test_progress_save_failure_retried(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    write_all_samples(tmp_path / "spool")
+    (tmp_path / "state").mkdir()
+    blocker = tmp_path / "state" / "outputs"
+    blocker.write_text("a file where the progress directory belongs")
+    path = tmp_path / "delivered" / "{device}.ndjson"
+    shipper = make_shipper(tmp_path, output_settings("file", {"path": str(path)}), Retention(tmp_path / "spool"),
+                           poll_seconds=0.05)
+    shipper.start()
+    try:
+        wait_for(lambda: any("saving the progress failed" in r.getMessage() for r in caplog.records),
+                 "the failed progress save logged")
+        blocker.unlink()
+        wait_for(lambda: remaining_files(tmp_path / "spool") == [], "delivery after the state is writable")
+    finally:
+        shipper.stop(5)
+    failures = [r for r in caplog.records if "saving the progress failed" in r.getMessage()]
+    assert all(r.exc_info is None for r in failures)
+    events = [json.loads(line) for device in DEVICES
+              for line in (tmp_path / "delivered" / f"{device.name}.ndjson").read_text().splitlines()]
+    assert set(canonical(events)) == set(expected_events())
