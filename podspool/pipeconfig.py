@@ -126,6 +126,7 @@ def _compile_processor(step, key, file, check_files):
         )
 
     values = _processor_values(cls, options, key, file)
+    _reject_key_field_changes(name, values, key, file)
     try:
         cls.check(values, check_files=check_files)
     except OptionError as exc:
@@ -139,6 +140,29 @@ def _compile_processor(step, key, file, check_files):
     processor.ignore_missing = _convert("bool", options.get("ignore_missing", False), f"{key}.ignore_missing", file)
     processor.on_failure = _convert("on_failure", options.get("on_failure", "skip"), f"{key}.on_failure", file)
     return processor
+
+
+# `guid`, `id` and `ts` make the dedup key. After a crash the device rebuilds the keys of
+# recent events from the spooled lines, so a pipeline that changed these fields would let
+# the replayed original of such an event through a second time.
+KEY_FIELDS = {("guid",), ("id",), ("ts",)}
+# Processors whose `field` option is changed in place (or removed), not only read.
+CHANGES_FIELD = {"set", "rename", "remove", "lowercase", "uppercase"}
+
+
+def _reject_key_field_changes(name, values, key, file):
+    options = ["target_field"] + (["field"] if name in CHANGES_FIELD else [])
+    for option in options:
+        value = values.get(option)
+        paths = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], tuple) else [value]
+        for path in paths:
+            if path in KEY_FIELDS:
+                raise ConfigError(
+                    f"a pipeline cannot change the top-level {path[0]!r} field, because guid, id and ts "
+                    "make the dedup key of an event",
+                    file=file, key=f"{key}.{option}",
+                    fix=f"copy it elsewhere with `set: {{field: my_{path[0]}, copy_from: {path[0]}}}`",
+                )
 
 
 def _processor_values(cls, options, key, file):

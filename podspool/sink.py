@@ -75,8 +75,9 @@ class DeviceSink:
             event, _, _ = parse_event(line, _NO_LIMIT, keys_only=True)
             if event is None:
                 continue
-            # NOTE: a line a pipeline changed yields the key of the changed event, which
-            # differs from the received event's key when the pipeline touched guid, id or ts.
+            # The configuration rejects pipelines that change guid, id or ts, so this key
+            # equals the received event's key. NOTE: an event with neither guid nor id is
+            # keyed by a hash of its bytes, which differs when a pipeline changed the event.
             key = dedup_key(event, line)
             micros = parser.micros(event.get("ts"))
             if micros is None or key.startswith("sha256:"):

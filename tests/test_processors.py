@@ -7,6 +7,7 @@ import os
 import pytest
 
 from mmdb_fixture import write_asn_database, write_city_database
+from podspool.errors import ConfigError
 from podspool.pipelines import PipelineRunner, compile_pipelines
 
 SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "podspool", "samples")
@@ -93,10 +94,10 @@ def test_rename_moves_nested_field():
 
 
 def test_rename_respects_if_condition():
-    steps = [{"rename": {"field": "guid", "target_field": "id", "if": "connection.ip == '127.0.0.1'"}}]
-    assert "id" in apply(steps, message(0)).event
-    assert "id" not in apply(steps, message(1)).event
-    assert "guid" in apply(steps, message(1)).event
+    steps = [{"rename": {"field": "filter", "target_field": "verdict", "if": "connection.ip == '127.0.0.1'"}}]
+    assert "verdict" in apply(steps, message(0)).event
+    assert "verdict" not in apply(steps, message(1)).event
+    assert "filter" in apply(steps, message(1)).event
 
 
 def test_rename_into_own_child():
@@ -105,9 +106,10 @@ def test_rename_into_own_child():
 
 
 def test_rename_restores_field_on_failure():
-    outcome = apply([{"rename": {"field": "guid", "target_field": "msgParts.guid", "on_failure": "dead_letter"}}], message(0))
+    outcome = apply([{"rename": {"field": "filter", "target_field": "msgParts.filter", "on_failure": "dead_letter"}}],
+                    message(0))
     assert outcome.kind == "dead_letter"
-    assert outcome.event["guid"] == MESSAGES[0]["guid"]
+    assert outcome.event["filter"] == MESSAGES[0]["filter"]
 
 
 # remove
@@ -121,16 +123,16 @@ def test_remove_single_and_list():
 
 
 def test_remove_missing_field_fails():
-    outcome = apply([{"remove": {"field": ["guid", "nope.absent"], "on_failure": "dead_letter"}}], message(0))
+    outcome = apply([{"remove": {"field": ["filter", "nope.absent"], "on_failure": "dead_letter"}}], message(0))
     assert outcome.kind == "dead_letter"
     assert "nope.absent is missing" in outcome.reason
-    assert "guid" in outcome.event  # nothing removed when one field is missing
+    assert "filter" in outcome.event  # nothing removed when one field is missing
 
 
 def test_remove_ignore_missing_removes_present():
-    outcome = apply([{"remove": {"field": ["guid", "nope.absent"], "ignore_missing": True}}], message(0))
+    outcome = apply([{"remove": {"field": ["filter", "nope.absent"], "ignore_missing": True}}], message(0))
     assert outcome.kind == "keep"
-    assert "guid" not in outcome.event
+    assert "filter" not in outcome.event
 
 
 def test_remove_respects_if_condition():
@@ -412,3 +414,25 @@ def test_condition_empty_list_is_false():
     steps = [{"set": {"field": "has_parts", "value": True, "if": "msgParts"}}]
     assert "has_parts" not in apply(steps, message(0)).event
     assert apply(steps, message(15)).event["has_parts"] is True
+
+
+@pytest.mark.parametrize("step", [
+    {"lowercase": {"field": "guid"}},
+    {"rename": {"field": "id", "target_field": "other"}},
+    {"rename": {"field": "other", "target_field": "ts"}},
+    {"remove": {"field": ["msgParts", "ts"]}},
+    {"timestamp": {"target_field": "ts"}},
+    {"set": {"field": "guid", "value": "x"}},
+])
+def test_key_fields_cannot_change(step):
+    with pytest.raises(ConfigError) as caught:
+        compile_pipelines({"p": [step]}, {"p": "pipes.yaml"})
+    assert "pipes.yaml" in str(caught.value)
+    assert "make the dedup key" in str(caught.value)
+
+
+def test_key_fields_may_be_read():
+    compiled = compile_pipelines({"p": [{"set": {"field": "my_guid", "copy_from": "guid"}},
+                                        {"email_domain": {"field": "envelope.from", "target_field": "d"}}]},
+                                 {"p": "pipes.yaml"})
+    assert "p" in compiled
