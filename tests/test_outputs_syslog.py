@@ -10,7 +10,7 @@ import pytest
 
 from podspool.errors import ConfigError
 from podspool.events import dedup_key
-from podspool.outputs import syslog
+from podspool.outputs import syslog, syslog_stream
 from podspool.outputs.base import Record, TransientError
 from podspool.outputs.syslog import SyslogDestination, format_message, frame, syslog_timestamp, validate_options
 from podspool.settings import OutputSettings
@@ -281,17 +281,17 @@ def test_restart_mid_stream_loses_nothing(tmp_path, monkeypatch):
         # in between): the write fails, or the check after writing notices.
         server.stop()
         server.start()
-        real_check = syslog._peer_state
+        real_check = syslog_stream._peer_state
         calls = []
 
         def miss_first_check(sock):
             calls.append(sock)
-            return syslog.OPEN if len(calls) == 1 else real_check(sock)
+            return syslog_stream.OPEN if len(calls) == 1 else real_check(sock)
 
-        monkeypatch.setattr(syslog, "_peer_state", miss_first_check)
+        monkeypatch.setattr(syslog_stream, "_peer_state", miss_first_check)
         with pytest.raises(TransientError, match="closed the connection|reset by peer|Broken pipe"):
             destination.send(batches[3])
-        monkeypatch.setattr(syslog, "_peer_state", real_check)
+        monkeypatch.setattr(syslog_stream, "_peer_state", real_check)
         for batch in batches[3:]:
             send_until_delivered(destination, batch)
 
