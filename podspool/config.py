@@ -97,8 +97,9 @@ def read_yaml(path):
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         problem = re.sub(r"[^\s'\",]{12,}", "...", problem) if "given twice" not in problem else problem
-        raise ConfigError(f"{where}{problem}", file=path,
-                          fix="fix the YAML syntax; quote values that start with !, *, & or @") from None
+        fix = "remove one of the two" if "given twice" in problem else \
+            "fix the YAML syntax; quote values that start with !, *, & or @"
+        raise ConfigError(f"{where}{problem}", file=path, fix=fix) from None
 
 
 class Loader:

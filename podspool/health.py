@@ -17,7 +17,7 @@ def device_problems(name, stats, now, unhealthy_after_seconds):
         return problems
     disconnected_since = stats.get("disconnected_since")
     if disconnected_since is not None and now - disconnected_since > unhealthy_after_seconds:
-        error = stats.get("last_error") or "no session yet"
+        error = stats.get("last_error") or "disconnected"
         problems.append(f"device {name} has had no session for {now - disconnected_since:.0f} s: {error}")
     if stats.get("paused"):
         problems.append(f"device {name} is paused: the spool is full or cannot be written")

@@ -35,8 +35,8 @@ class ReloadMixin:
                 ("state_directory", old.state_directory, new.state_directory)) if before != after]
             if moved:
                 # The outputs would leave behind the files already in the old directories.
-                raise ConfigError(f"{' and '.join(moved)} cannot change on reload; "
-                                  "restart the service to move it")
+                raise ConfigError("cannot change on reload", file=self.config_file, key=" and ".join(moved),
+                                  fix="restart the service to move it")
             check_directories(new)
         except PodspoolError as exc:
             log.error("configuration reload failed, keeping the running configuration: %s", exc,
@@ -45,8 +45,9 @@ class ReloadMixin:
             return False
         self.settings = new
         spool_changed = old.spool != new.spool
-        self._retire_removed_devices(old, new)
         changed = self._reload_devices(old, new, spool_changed)
+        # After the devices stopped: a removed device's active file is closed only then.
+        self._retire_removed_devices(old, new)
         changed += self._reload_outputs(old, new, spool_changed)
         if old.metrics != new.metrics:
             if self.metrics_server is not None:

@@ -102,6 +102,11 @@ class Service(ReloadMixin):
             if directory not in held:
                 self.locks.append(DirectoryLock(directory, key).acquire())
 
+    def release_locks(self):
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
+
     def _start_metrics(self):
         if self.settings.metrics.listen:
             host, port = self.settings.metrics.listen
@@ -229,8 +234,7 @@ class Service(ReloadMixin):
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.write_status()
-        for lock in self.locks:
-            lock.release()
+        self.release_locks()
         log.info("stopped", extra={"event": "stopped"})
         return 0
 
@@ -275,6 +279,9 @@ def run(config_file, settings, early_signals=()):
     try:
         service.start()
     except PodspoolError:
-        service.stop()
+        if service.devices or service.outputs:
+            service.stop()
+        else:
+            service.release_locks()
         raise
     return service.run()

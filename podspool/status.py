@@ -13,11 +13,13 @@ from datetime import datetime, timezone
 
 from podspool import health
 from podspool.fsutil import read_json, write_json_atomic
+from podspool.lock import LOCK_FILE
 
 STATUS_FILE = "status.json"
-# The service rewrites the file at least this often; three missed rewrites mean it is not running.
-WRITE_INTERVAL_SECONDS = 5.0
-STALE_AFTER_SECONDS = 3 * WRITE_INTERVAL_SECONDS
+# The service rewrites the file every second; a file this old means it is not running,
+# even where the lock file cannot tell (another machine's process on a shared disk).
+WRITE_INTERVAL_SECONDS = 1.0
+STALE_AFTER_SECONDS = 15.0
 
 DEVICE_COUNTERS = ("events_received", "events_spooled", "duplicates_dropped", "dead_lettered",
                    "events_dropped_by_pipeline", "reconnects", "handshake_failures", "gaps")
@@ -108,6 +110,22 @@ def _columns(rows):
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
+def service_running(state_directory):
+    """Tell whether the podspool process named in the state directory's lock file is alive."""
+    try:
+        with open(os.path.join(state_directory, LOCK_FILE), "rb") as handle:
+            pid = int(handle.read(32).strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"podspool" in handle.read()
+    except OSError:
+        return False
+
+
 def valid_document(document):
     """Tell whether DOCUMENT has the shape the service writes."""
     if not isinstance(document, dict) or not isinstance(document.get("updated_epoch"), (int, float)):
@@ -130,7 +148,8 @@ def main(settings, as_json=False, now=None):
               "the service rewrites it every second while it runs", file=sys.stderr)
         return 1
     if document is None:
-        print(f"no status file in {settings.state_directory}: the service has not run with this configuration")
+        print(f"no status file in {settings.state_directory}: the service has not run with this configuration",
+              file=sys.stderr)
         return 1
     if not valid_document(document):
         print(f"the status file {path} is damaged; the service rewrites it every second while it runs",
@@ -140,10 +159,15 @@ def main(settings, as_json=False, now=None):
         print(json.dumps(public_view(document), indent=2, sort_keys=True))
     else:
         print(render_table(document))
-    found = health.problems(document, now, settings.metrics.unhealthy_after_seconds)
     age = now - document.get("updated_epoch", 0)
-    if age > STALE_AFTER_SECONDS:
-        found.insert(0, f"the status file is {age:.0f} s old: the service is not running")
+    if not service_running(settings.state_directory):
+        # The devices' and outputs' states describe the last run, not the present.
+        found = [f"the service is not running (no podspool process holds {settings.state_directory}); "
+                 f"this status is {age:.0f} s old"]
+    elif age > STALE_AFTER_SECONDS:
+        found = [f"the status file is {age:.0f} s old: the service is not running or is stuck"]
+    else:
+        found = health.problems(document, now, settings.metrics.unhealthy_after_seconds)
     for problem in found:
         print(f"unhealthy: {problem}", file=sys.stderr)
     return 1 if found else 0

@@ -363,12 +363,16 @@ def test_second_run_on_same_directories_rejected(tmp_path, emulator):
 
 
 def test_reload_removed_device_files_delivered(tmp_path, emulator):
+    # Files rotate after 30 s only, so the removed device's events are all in its active
+    # file, which closes only when the reload stops the device.
     config_file = write_config(tmp_path, [device_entry(1, "keep", emulator.url),
                                           device_entry(2, "gone", emulator.url, "maillog")])
+    config_file.write_text(config_file.read_text().replace("rotate_seconds: 0.5", "rotate_seconds: 30"))
     run = Run(config_file, tmp_path)
     run.wait_for(lambda: status_document(tmp_path).get("devices", {}).get("gone", {}).get("events_spooled", 0) > 50,
                  what="events of the device to remove")
     write_config(tmp_path, [device_entry(1, "keep", emulator.url)])
+    config_file.write_text(config_file.read_text().replace("rotate_seconds: 0.5", "rotate_seconds: 30"))
     run.process.send_signal(signal.SIGHUP)
     run.wait_for(lambda: any(r.get("event") == "config_reloaded" for r in run.records()), what="reload")
     gone_dir = tmp_path / "spool" / "gone"
@@ -397,7 +401,7 @@ def test_reload_spool_directory_change_rejected(tmp_path, emulator):
                  what="delivery from the old spool goes on")
     status, _ = run.stop()
     assert failed["level"] == "ERROR"
-    assert "spool.directory cannot change on reload" in failed["message"]
+    assert "podspool.yaml: spool.directory: cannot change on reload" in failed["message"]
     assert not (tmp_path / "spool2").exists()
     assert status == 0
 
@@ -521,3 +525,19 @@ def test_run_log_fields_and_text_format(tmp_path, emulator):
     assert lines
     assert not any(line.startswith("{") for line in lines)
     assert any(" INFO podspool.device: device pod: connected" in line for line in lines)
+
+
+def test_status_right_after_stop_not_running(tmp_path, emulator):
+    config_file = write_config(tmp_path, [device_entry(1, "pod", emulator.url)])
+    run = Run(config_file, tmp_path)
+    run.wait_for(lambda: status_document(tmp_path).get("devices", {}).get("pod", {}).get("connected"),
+                 what="connected")
+    command = [sys.executable, "-m", "podspool", "status", "-c", str(config_file)]
+    running = subprocess.run(command, capture_output=True, text=True, timeout=30, env=dict(os.environ))
+    status, _ = run.stop()
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=30, env=dict(os.environ))
+    assert status == 0
+    assert running.returncode == 0, running.stderr
+    assert stopped.returncode == 1
+    assert "the service is not running" in stopped.stderr
+    assert "pod" in stopped.stdout
