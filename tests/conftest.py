@@ -142,3 +142,15 @@ def restore_logging():
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def databases(tmp_path_factory):
+    """Small MaxMind City and ASN databases over the documentation address blocks."""
+    from mmdb_fixture import write_asn_database, write_city_database
+
+    directory = tmp_path_factory.mktemp("geoip")
+    return {
+        "city": str(write_city_database(directory / "city.mmdb")),
+        "asn": str(write_asn_database(directory / "asn.mmdb")),
+    }

@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from mmdb_fixture import write_asn_database, write_city_database
+from mmdb_fixture import write_city_database
 from podspool import geoip
 from podspool.errors import ConfigError
 from podspool.pipelines import Outcome, PipelineRunner, compile_pipelines, select_pipelines
@@ -35,15 +35,6 @@ class FakeClock:
 
     def __call__(self):
         return self.now
-
-
-@pytest.fixture(scope="module")
-def databases(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("geoip")
-    return {
-        "city": str(write_city_database(directory / "city.mmdb")),
-        "asn": str(write_asn_database(directory / "asn.mmdb")),
-    }
 
 
 def compile_one(steps):

@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from mmdb_fixture import write_asn_database, write_city_database
 from podspool.errors import ConfigError
 from podspool.pipelines import PipelineRunner, compile_pipelines
 
@@ -39,15 +38,6 @@ def apply(steps, event, context=CONTEXT):
         return runner.apply(event)
     finally:
         runner.close()
-
-
-@pytest.fixture(scope="module")
-def databases(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("geoip")
-    return {
-        "city": str(write_city_database(directory / "city.mmdb")),
-        "asn": str(write_asn_database(directory / "asn.mmdb")),
-    }
 
 
 # set
