@@ -170,11 +170,6 @@ class GeoIPProcessor(Processor):
     }
     __slots__ = ("field", "target_field", "database_file")
 
-    def __init__(self, options):
-        self.field = options["field"]
-        self.target_field = options["target_field"]
-        self.database_file = options["database_file"]
-
     @classmethod
     def check(cls, options, *, check_files=True):
         path = options["database_file"]

@@ -42,6 +42,11 @@ class Processor:
     options = {}
     __slots__ = ("condition", "ignore_missing", "on_failure", "label")
 
+    def __init__(self, options):
+        """Store each option this processor declares under its own name."""
+        for name in self.options:
+            setattr(self, name, options[name])
+
     @classmethod
     def check(cls, options, *, check_files=True):
         """Raise OptionError for a rule that spans several options, or for a file that cannot be used."""

@@ -31,11 +31,6 @@ class SetProcessor(Processor):
     }
     __slots__ = ("field", "value", "copy_from")
 
-    def __init__(self, options):
-        self.field = options["field"]
-        self.value = options["value"]
-        self.copy_from = options["copy_from"]
-
     @classmethod
     def check(cls, options, *, check_files=True):
         if (options["value"] is UNSET) == (options["copy_from"] is None):
@@ -53,10 +48,6 @@ class RenameProcessor(Processor):
     name = "rename"
     options = {"field": Option("path", True, None), "target_field": Option("path", True, None)}
     __slots__ = ("field", "target_field")
-
-    def __init__(self, options):
-        self.field = options["field"]
-        self.target_field = options["target_field"]
 
     def apply(self, event, runner):
         # Pop before writing so that renaming `a` to `a.b` nests the old value instead of looping.
@@ -99,9 +90,6 @@ class _CaseProcessor(Processor):
     options = {"field": Option("path", True, None)}
     __slots__ = ("field",)
 
-    def __init__(self, options):
-        self.field = options["field"]
-
     def apply(self, event, runner):
         value = get_value(event, self.field)
         if isinstance(value, str):
@@ -132,9 +120,6 @@ class DropProcessor(Processor):
     options = {}
     __slots__ = ()
 
-    def __init__(self, options):
-        pass
-
     def apply(self, event, runner):
         return DROP
 
@@ -149,10 +134,6 @@ class EmailDomainProcessor(Processor):
     name = "email_domain"
     options = {"field": Option("path", True, None), "target_field": Option("path", True, None)}
     __slots__ = ("field", "target_field")
-
-    def __init__(self, options):
-        self.field = options["field"]
-        self.target_field = options["target_field"]
 
     def apply(self, event, runner):
         value = get_value(event, self.field)
@@ -183,10 +164,6 @@ class TimestampProcessor(Processor):
     }
     __slots__ = ("field", "target_field")
 
-    def __init__(self, options):
-        self.field = options["field"]
-        self.target_field = options["target_field"]
-
     def apply(self, event, runner):
         value = get_value(event, self.field)
         try:
@@ -202,9 +179,6 @@ class AddMetadataProcessor(Processor):
     name = "add_metadata"
     options = {"target_field": Option("path", False, ("podspool",))}
     __slots__ = ("target_field",)
-
-    def __init__(self, options):
-        self.target_field = options["target_field"]
 
     def apply(self, event, runner):
         set_value(event, self.target_field, runner.metadata())
