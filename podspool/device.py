@@ -271,9 +271,9 @@ class DeviceConnection:
         """Write the events a full spool rejected; between tries keep pinging and wait a second.
 
         The active file still rotates and the keys of what is already spooled
-        are still saved: outputs may remove delivered files only once the device
-        has saved past them, so a device that stopped saving while paused would
-        keep the cap full for good.
+        are still saved. Outputs may remove delivered files only once the
+        device has saved past them, so a device that stopped saving while
+        paused would keep the cap full for good.
         """
         session = self.session
         if self.sink.flush(now):

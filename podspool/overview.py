@@ -77,6 +77,7 @@ def warn_unrouted_spools(settings):
             continue
         left = list_closed(settings.spool.directory, name)
         if left:
-            log.warning("the spool of %s, a device no longer configured, holds %d closed files that no "
-                        "output will ship; configure the device again to ship them, or remove them",
+            log.warning("the spool of %s, a device no longer configured, contains %d closed files that no "
+                        "output ships; configure the device again (status: false ships them without a "
+                        "session), or remove them",
                         name, len(left), extra={"device": name})

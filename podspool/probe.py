@@ -1,9 +1,9 @@
 """`podspool test-connection DEVICE`: one handshake, the result in plain words.
 
 The probe opens a replay session for one hour 29 days back rather than a live
-session. A live session would make the PoD service send, and count as
-delivered, the events the running service has not read yet; a replay leaves
-that position alone.
+session. A live session would make the PoD service send the events that the
+running service has not read yet, and count them as delivered. A replay
+leaves that position alone.
 """
 
 import sys

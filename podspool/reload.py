@@ -81,7 +81,7 @@ class ReloadMixin:
         return swap("device", self.devices, new_devices, unchanged, stop, self._start_device)
 
     def _retire_removed_devices(self, old, new):
-        """Keep routing removed or disabled devices while their spool holds closed files."""
+        """Keep routing removed or disabled devices while their spool contains closed files."""
         configured = {device.name for device in new.devices}
         for device in old.devices:
             if device.name not in configured and list_closed(old.spool.directory, device.name):

@@ -1,9 +1,9 @@
 """Field tables and builders that turn raw YAML sections into settings objects.
 
 Each table maps a key to (converter, default). REQUIRED as the default marks a
-required key. Converters raise ValueError; `convert_fields` turns that into a
-ConfigError naming the file, the key path and the value, unless the key holds
-a credential, whose value is never shown.
+required key. Converters raise ValueError, and `convert_fields` turns that into
+a ConfigError naming the file, the key path and the value. The value of a key
+that contains a credential is never shown.
 """
 
 import dataclasses
@@ -165,7 +165,11 @@ def convert_fields(raw, fields, context, *, path, file=None):
             values[key] = converter(value)
         except ValueError as exc:
             # A value that came from ${...} or $secret{...} is shown as written, not resolved.
-            shown = None if secret else (raw[key] if _has_reference(raw[key]) else value)
+            shown = value
+            if secret:
+                shown = None
+            elif _has_reference(raw[key]):
+                shown = raw[key]
             raise ConfigError(f"invalid value: {exc}", file=file, key=where, value=shown) from None
     return values
 

@@ -32,10 +32,10 @@ RETENTION_SECONDS = 5.0
 class Service(ReloadMixin):
     """Own the devices, outputs, status file, metrics and systemd notifications of one run.
 
-    Signal handlers only record the signal; `run()` on the main thread does
-    the work: a stop signal stops devices first, then closes their spool
-    files, then gives the shippers a last pass; a second stop signal ends the
-    stop at once; SIGHUP reloads the configuration.
+    Signal handlers only record the signal, and `run()` on the main thread
+    does the work. A stop signal stops the devices first, then closes their
+    spool files, then gives the shippers a last pass. A second stop signal
+    ends the stop at once. SIGHUP reloads the configuration.
     """
 
     def __init__(self, config_file, settings, *, notifier=None):
@@ -55,7 +55,7 @@ class Service(ReloadMixin):
         # Counters live as long as the process, so a reload that restarts a device keeps them.
         self.device_stats = {}
         self.output_stats = {}
-        # Devices removed by a reload whose spool still holds closed files: outputs keep
+        # Devices removed by a reload whose spool still contains closed files: outputs keep
         # routing them until those files are delivered.
         self.retired_devices = {}
 

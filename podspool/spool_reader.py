@@ -100,10 +100,10 @@ def remove_delivered(spool_root, device, progresses, *, capacity=None, keep_afte
     With no progresses (no output routes the device) nothing is removed: the
     files stay for other tools, which remove them when done. CAPACITY, when
     given, counts the freed bytes at once. KEEP_AFTER, a spool position
-    (sequence, offset), keeps the files that hold lines after it even when
-    they are delivered: the device has saved the dedup keys of the events
-    only up to that position, and after a crash it rebuilds the rest of the
-    keys from these files.
+    (sequence, offset), keeps the files that contain lines after it even when
+    they are delivered. The device has saved the dedup keys of its events only
+    up to that position, and after a crash it rebuilds the other keys from
+    these files.
     """
     if not progresses:
         return []

@@ -16,8 +16,8 @@ from podspool.fsutil import read_json, write_json_atomic
 from podspool.lock import LOCK_FILE
 
 STATUS_FILE = "status.json"
-# The service rewrites the file every second; a file this old means it is not running,
-# even where the lock file cannot tell (another machine's process on a shared disk).
+# The service rewrites the file every second. A file this old means the service is not
+# running, even where the lock file cannot tell (a process on another machine).
 WRITE_INTERVAL_SECONDS = 1.0
 STALE_AFTER_SECONDS = 15.0
 

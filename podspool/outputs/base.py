@@ -1,7 +1,7 @@
 """The interface between the shipper and a destination.
 
 The shipper reads closed spool files, cuts them into batches of `Record`s and
-calls `Destination.send(batch)`. A destination answers in one of three ways:
+calls `Destination.send(batch)`. A destination responds in one of three ways:
 
 - it returns a `SendResult` saying which records were delivered, which were
   rejected for good (they go to the output's dead-letter file) and which failed
@@ -39,8 +39,8 @@ class Record:
 @dataclass
 class Rejection:
     index: int  # position of the record in the batch
-    reason: str  # short text: what the destination said was wrong
-    response: object = None  # the destination's answer for this record (JSON-able)
+    reason: str  # short text: the destination's reason for the rejection
+    response: object = None  # the destination's response for this record (JSON-able)
 
 
 @dataclass
